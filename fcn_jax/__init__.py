@@ -1,0 +1,1 @@
+"""fcn_jax: Fully Convolutional Networks (Long, Shelhamer, Darrell 2015) in JAX/Flax."""
