@@ -1,0 +1,158 @@
+"""Images/s of fcn_jax.input_pipeline at VOC scale (500x375 / 375x500 images); writes JSON.
+
+Sources:
+  memory        a list of random uint8 images (decoding excluded: the pipeline's own cost).
+  array_record  the tfds array_record data source of fcn_jax.voc_dataset over a VOC-layout tree of
+                500x375 / 375x500 JPEGs + palette PNGs written here (JPEG/PNG decoding included).
+Pipelines (batch 8 unless --batch):
+  read_*        only the source reads, three ways: parallel tf.numpy_function map (what
+                input_pipeline uses), the same map sequential, and Dataset.from_generator.
+  train_reference   crop 500x500 (pad with mean / 255), no scale, no flip (the reference recipe).
+  train_augmented   crop 500x500, random scale 0.5..2.0, flip.
+  eval_pad512       whole images padded to 512x512.
+
+  python benchmarks/input_pipeline.py [--sources memory array_record] [--out benchmarks/results/input_pipeline.json]
+"""
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from fcn_jax import input_pipeline  # noqa: E402
+
+SHAPES = ((375, 500), (500, 375))
+
+
+def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Low-frequency colour noise: compresses like a photo, not like white noise."""
+    coarse = rng.integers(0, 256, (height // 25 + 2, width // 25 + 2, 3)).astype(np.float32)
+    image = tf.image.resize(coarse[None], (height, width), method="bicubic")[0].numpy()
+    return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+
+
+def blob_label(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    label = np.zeros((height, width), np.uint8)
+    for _ in range(3):
+        y0, x0 = rng.integers(0, height - 100), rng.integers(0, width - 100)
+        label[y0:y0 + rng.integers(50, 200), x0:x0 + rng.integers(50, 200)] = rng.integers(1, 21)
+    return label
+
+
+def memory_source(num_images: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    source = []
+    for i in range(num_images):
+        h, w = SHAPES[i % 2]
+        source.append({"image": smooth_image(rng, h, w), "label": blob_label(rng, h, w), "id": f"bench_{i:05d}"})
+    return source
+
+
+def array_record_source(source: list[dict], root: str):
+    """Writes `source` as a VOC + SBD tree, prepares it with voc_dataset, returns the voc_train data source."""
+    from fcn_jax import synthetic, voc_dataset
+
+    manual, voc, sbd = os.path.join(root, "manual"), voc_dataset.VOC_DIR, voc_dataset.SBD_DIR
+    for folder in (f"{voc}/JPEGImages", f"{voc}/SegmentationClass", f"{voc}/ImageSets/Segmentation",
+                   f"{sbd}/img", f"{sbd}/cls"):
+        os.makedirs(os.path.join(manual, folder), exist_ok=True)
+    ids = [f"2008_{i:06d}" for i in range(len(source))]
+    for image_id, example in zip(ids, source):
+        jpeg = synthetic.jpeg_bytes(example["image"])
+        for path, data in ((f"{voc}/JPEGImages/{image_id}.jpg", jpeg),
+                           (f"{voc}/SegmentationClass/{image_id}.png", synthetic.palette_png_bytes(example["label"])),
+                           (f"{sbd}/img/{image_id}.jpg", jpeg),
+                           (f"{sbd}/cls/{image_id}.mat", synthetic.sbd_mat_bytes(example["label"]))):
+            with open(os.path.join(manual, path), "wb") as f:
+                f.write(data)
+    split = len(ids) - 2  # VOC/SBD val keep two ids so every split is non-empty
+    for path, names in ((f"{voc}/ImageSets/Segmentation/train.txt", ids[:split]),
+                        (f"{voc}/ImageSets/Segmentation/val.txt", ids[split:]),
+                        (f"{sbd}/train.txt", ids[:split]), (f"{sbd}/val.txt", ids[split:])):
+        with open(os.path.join(manual, path), "w") as f:
+            f.write("".join(f"{i}\n" for i in names))
+    return voc_dataset.load_split(os.path.join(root, "tfds"), "voc_train", manual)
+
+
+def read_datasets(source) -> dict[str, tf.data.Dataset]:
+    """Just the reads, batched like training (padded, since sizes differ)."""
+    def read(index):
+        image, label, _ = input_pipeline.read_example(source, index)
+        return image, label
+
+    def mapped(parallel):
+        return tf.data.Dataset.range(len(source)).repeat().map(
+            lambda i: tf.numpy_function(read, [i], [tf.uint8, tf.uint8], stateful=False), num_parallel_calls=parallel)
+
+    def generated():
+        while True:
+            for i in range(len(source)):
+                yield read(i)
+
+    spec = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, None], tf.uint8))
+    return {"read_numpy_function_parallel": mapped(tf.data.AUTOTUNE), "read_numpy_function_sequential": mapped(None),
+            "read_from_generator": tf.data.Dataset.from_generator(generated, output_signature=spec)}
+
+
+def pipelines(source, batch: int) -> dict[str, tf.data.Dataset]:
+    common = {"global_batch_size": batch, "crop_size": (500, 500), "seed": 0}
+    out = {name: ds.padded_batch(batch, padded_shapes=([500, 500, 3], [500, 500])).prefetch(tf.data.AUTOTUNE)
+           for name, ds in read_datasets(source).items()}
+    out["train_reference"] = input_pipeline.train_dataset(source, scale_range=None, flip=False, **common)
+    out["train_augmented"] = input_pipeline.train_dataset(source, scale_range=(0.5, 2.0), flip=True, **common)
+    out["eval_pad512"] = input_pipeline.eval_dataset(source, batch_size=batch, pad_size=(512, 512)).repeat()
+    return out
+
+
+def images_per_second(dataset: tf.data.Dataset, batch: int, warmup: int, batches: int) -> float:
+    iterator = dataset.as_numpy_iterator()
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batch * batches / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sources", nargs="+", default=["memory", "array_record"], choices=["memory", "array_record"])
+    parser.add_argument("--num_images", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--out", default="benchmarks/results/input_pipeline.json")
+    args = parser.parse_args()
+
+    memory = memory_source(args.num_images)
+    results = {}
+    with tempfile.TemporaryDirectory() as root:
+        for source_name in args.sources:
+            source = memory if source_name == "memory" else array_record_source(memory, root)
+            for name, dataset in pipelines(source, args.batch).items():
+                rate = images_per_second(dataset, args.batch, args.warmup, args.batches)
+                results[f"{source_name}/{name}"] = round(rate, 1)
+                print(f"{source_name:>12s}  {name:32s} {rate:8.1f} images/s", flush=True)
+
+    record = {
+        "benchmark": "input_pipeline",
+        "unit": "images/s (host-local batches pulled with as_numpy_iterator)",
+        "num_images": args.num_images, "image_shapes": [list(s) for s in SHAPES], "batch": args.batch,
+        "batches_timed": args.batches, "warmup_batches": args.warmup, "results": results,
+        "machine": {"cpus": os.cpu_count(), "load_avg_1min_after": os.getloadavg()[0],
+                    "platform": platform.platform(), "python": platform.python_version(), "tensorflow": tf.__version__},
+    }
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Base config: the reference FCN recipe on PASCAL VOC (Caffe geometry, SGD 0.99, summed loss).
+
+Every knob a user may ablate is a field here; experiments override a few.
+Override from the command line: --config.optim.learning_rate=1e-4.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.model = ml_collections.ConfigDict()
+    config.model.variant = "fcn8s"          # fcn32s | fcn16s | fcn8s | fcn8s_atonce
+    config.model.num_classes = 21           # VOC: 20 classes + background
+    config.model.geometry = "caffe"         # caffe (pad 100, reference crops) | same (SAME padding, efficient)
+    config.model.width = 1.0                # channel multiplier of the VGG16 backbone
+    config.model.dropout_rate = 0.5
+    config.model.dtype = "float32"          # compute dtype: float32 | bfloat16 (params stay float32)
+    config.model.learnable_upsample = False  # reference: bilinear deconvolutions frozen (lr 0)
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "voc"              # voc (your VOC2012 + SBD copies) | synthetic (written on first use)
+    config.data.manual_dir = ""             # folder holding VOCdevkit/ and benchmark_RELEASE/ (see README)
+    config.data.data_dir = "~/tensorflow_datasets"  # where the prepared tfds dataset lives
+    config.data.train_split = "sbd_train_no_seg11valid"
+    config.data.eval_split = "seg11valid"
+    config.data.normalization = "caffe_bgr"  # caffe_bgr (reference) | imagenet_rgb (torchvision weights)
+    config.data.crop_size = (500, 500)      # train images padded (label 255) / cropped to this
+    config.data.scale_range = ()            # () = no random scaling (reference); e.g. (0.5, 2.0)
+    config.data.flip = False                # reference: no augmentation
+    config.data.skip_bad_examples = False   # True: skip unreadable training examples (logged count) instead of failing
+    config.data.synthetic_train = 300       # image counts when source == synthetic
+    config.data.synthetic_val = 60
+    config.data.synthetic_seed = 0          # the dataset's own seed (independent of config.seed)
+
+    config.loss_normalization = "sum"       # sum over pixels (reference) | mean over valid pixels
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.optimizer = "sgd"          # sgd | adam | adamw
+    config.optim.learning_rate = 1e-10
+    config.optim.momentum = 0.99
+    config.optim.weight_decay = 5e-4        # on kernels only
+    config.optim.bias_lr_mult = 2.0         # reference: biases at 2x lr, no decay
+    config.optim.schedule = "constant"      # constant | cosine | poly
+    config.optim.warmup_steps = 0
+    config.optim.grad_accum_steps = 1       # optax.MultiSteps: effective batch = global batch x this
+    config.optim.grad_clip_norm = 0.0       # 0 = off
+
+    config.train = ml_collections.ConfigDict()
+    config.train.global_batch_size = 1      # must divide by the device count
+    config.train.num_steps = 100_000
+    config.train.log_every = 20
+    config.train.eval_every = 4000
+    config.train.checkpoint_every = 4000
+    config.train.keep_checkpoints = 3
+    config.train.async_checkpoint = True
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 1              # global; padded to a multiple of the device count
+    config.eval.pad_size = (512, 512)       # every eval image padded (label 255) to this; () = from the split
+    config.eval.num_samples = 4             # predicted masks saved next to their ground truth per evaluation
+
+    config.init_from = ""                   # converted weights or a previous stage's workdir ("" = from scratch)
+    return config

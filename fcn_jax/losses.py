@@ -1,0 +1,59 @@
+"""Per-pixel softmax cross entropy with an ignore label (Caffe SoftmaxWithLoss).
+
+The reference trains with the loss *summed* over valid pixels (``normalize: false``)
+and a tiny learning rate; the usual modern recipe averages over valid pixels
+instead. Both are offered through ``normalization``.
+"""
+import jax
+import jax.numpy as jnp
+
+IGNORE_LABEL = 255  # VOC object borders and padding
+NORMALIZATIONS = ("sum", "mean")
+
+
+def pixel_cross_entropy(logits, labels, *, normalization: str = "mean",
+                        ignore_label: int = IGNORE_LABEL) -> tuple[jax.Array, jax.Array]:
+    """Softmax cross entropy over classes for every labelled pixel.
+
+    Args:
+      logits: (N, H, W, K) scores, any float dtype; computed in float32 so bf16
+        activations do not lose precision in the log-sum-exp.
+      labels: (N, H, W) int class ids in [0, K), or ``ignore_label``.
+      normalization: "sum" (reference Caffe: summed over valid pixels) or "mean"
+        (averaged over valid pixels; 0, not NaN, when there are none).
+      ignore_label: pixels with this label contribute exactly zero loss and zero
+        gradient, whatever their logits are (even inf or NaN).
+
+    Labels outside [0, K) other than ``ignore_label`` are a data bug that cannot
+    be raised under jit: their loss is NaN so NaN checks surface it instead of
+    training silently on garbage.
+
+    Returns:
+      (loss, num_valid): float32 scalar and int32 count of non-ignored pixels (so
+      data-parallel callers can re-normalise a global sum themselves).
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise ValueError(f"logits must be floating point, got dtype {logits.dtype}")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits shape {logits.shape} must be labels shape {labels.shape} + (K,)")
+
+    labels = labels.astype(jnp.int32)
+    valid = labels != ignore_label                                   # (N, H, W)
+    safe_labels = jnp.where(valid, labels, 0)[..., None]             # (N, H, W, 1)
+    # Select (never multiply) away ignored pixels, inputs included, so even inf/NaN
+    # logits there (e.g. bf16 overflow in padding) give exactly zero loss and gradient.
+    safe_logits = jnp.where(valid[..., None], logits.astype(jnp.float32), 0.0)
+    log_probs = jax.nn.log_softmax(safe_logits, axis=-1)
+    picked = jnp.take_along_axis(log_probs, safe_labels, axis=-1,
+                                 mode="fill", fill_value=jnp.nan)[..., 0]
+    per_pixel = jnp.where(valid, -picked, 0.0)                       # (N, H, W)
+
+    total = jnp.sum(per_pixel)
+    num_valid = jnp.sum(valid, dtype=jnp.int32)
+    if normalization == "mean":
+        total = total / jnp.maximum(num_valid, 1).astype(jnp.float32)
+    return total, num_valid

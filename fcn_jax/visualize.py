@@ -1,0 +1,61 @@
+"""The PASCAL VOC palette, class names, palette PNGs and colour overlays.
+
+One place for the colours, so labels written by the synthetic dataset, masks
+saved during evaluation and the predict CLI all agree with the VOC devkit.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+IGNORE_LABEL = 255
+
+
+def voc_palette() -> np.ndarray:
+    """(256, 3) uint8: the devkit's bit-interleaved colour map; 255 (ignore) is (224, 224, 192)."""
+    palette = np.zeros((256, 3), np.uint8)
+    for index in range(256):
+        c, r, g, b = index, 0, 0, 0
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        palette[index] = (r, g, b)
+    return palette
+
+
+def mask_to_image(mask: np.ndarray) -> Image.Image:
+    """(H, W) integer class ids -> palette ('P' mode) image whose indices are the ids, as in VOC."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be (H, W), got shape {mask.shape}")
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(f"mask values must lie in 0..255, got {mask.min()}..{mask.max()}")
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    image.putpalette(voc_palette().reshape(-1).tolist())
+    return image
+
+
+def save_mask(mask: np.ndarray, path) -> None:
+    mask_to_image(mask).save(path)
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+    """(H, W) ids -> (H, W, 3) uint8 RGB."""
+    return voc_palette()[np.asarray(mask).astype(np.uint8)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the coloured mask over an RGB uint8 image; background (0) and ignore (255) stay unblended."""
+    image = np.asarray(image)
+    if image.shape[:2] != np.asarray(mask).shape:
+        raise ValueError(f"image {image.shape[:2]} and mask {np.asarray(mask).shape} differ in size")
+    colours = colorize(mask).astype(np.float32)
+    blend = (1 - alpha) * image.astype(np.float32) + alpha * colours
+    foreground = ((mask != 0) & (mask != IGNORE_LABEL))[..., None]
+    return np.where(foreground, blend, image).round().astype(np.uint8)

@@ -1,0 +1,415 @@
+"""PASCAL VOC2012 + SBD as a tfds dataset, read from the user's local copies.
+
+Nothing is downloaded: `manual_dir` must hold
+
+    VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+    VOCdevkit/VOC2012/SegmentationClass/<id>.png      palette PNG, index = class id
+    VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt
+    benchmark_RELEASE/dataset/img/<id>.jpg
+    benchmark_RELEASE/dataset/cls/<id>.mat            GTcls.Segmentation
+    benchmark_RELEASE/dataset/{train,val}.txt
+
+Splits (VOC splits carry VOC labels with 255 object borders; SBD splits carry
+SBD labels, which have no borders):
+  voc_train, voc_val   VOC2012 ImageSets/Segmentation lists.
+  sbd_train, sbd_val   SBD dataset/{train,val}.txt.
+  seg11valid           VOC2011 seg val minus SBD train (736 ids on real data),
+                       with VOC labels. Ids come from the official list shipped
+                       in fcn_jax/data/seg11valid.txt, kept in its order and
+                       restricted to ids in VOC val. If no id of that list is
+                       in VOC val (another dataset, e.g. the synthetic one),
+                       the list is derived the way the official one was made:
+                       VOC val ids not in SBD train and from VOC2011 or earlier
+                       (id prefix year <= 2011; ids without a year prefix are
+                       kept). Which rule applied is logged and stored in
+                       `builder.info.metadata["seg11valid_rule"]`.
+  sbd_train_no_seg11valid
+                       The reference FCN training set: SBD train ids not in
+                       seg11valid, in SBD train order, with SBD labels. On
+                       real data it equals sbd_train (8498): the official list
+                       was built disjoint from SBD train. It is its own split
+                       so training never overlaps validation whatever the data.
+
+Bad input raises `BadExampleError` naming the file. With the
+`skip_bad_examples` config, bad examples of the training splits (voc_train,
+sbd_train, sbd_train_no_seg11valid) are skipped and counted in the log;
+evaluation splits always fail loudly, so reported numbers stay comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections.abc
+import dataclasses
+import importlib.resources
+import io
+import logging
+import pathlib
+import re
+
+import numpy as np
+import scipy.io
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from fcn_jax.visualize import voc_palette
+
+NUM_CLASSES = 21
+IGNORE_LABEL = 255
+VOC_DIR = "VOCdevkit/VOC2012"
+SBD_DIR = "benchmark_RELEASE/dataset"
+TRAIN_SPLITS = ("voc_train", "sbd_train", "sbd_train_no_seg11valid")
+EVAL_SPLITS = ("voc_val", "sbd_val", "seg11valid")
+SPLITS = TRAIN_SPLITS + EVAL_SPLITS
+LAYOUT = (
+    f"{VOC_DIR}/{{JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
+    f"ImageSets/Segmentation/{{train,val}}.txt}} and "
+    f"{SBD_DIR}/{{img/<id>.jpg, cls/<id>.mat, train.txt, val.txt}}"
+)
+
+log = logging.getLogger(__name__)
+
+
+class BadExampleError(ValueError):
+    """One example on disk is unusable; the message names the file."""
+
+
+VOC_PALETTE = voc_palette()  # the devkit colour map, shared with visualize
+
+
+# ---------------------------------------------------------------- id lists
+
+
+def read_id_list(path: pathlib.Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def official_seg11valid() -> list[str]:
+    """The 736 ids of fcn.berkeleyvision.org data/pascal/seg11valid.txt."""
+    text = importlib.resources.files("fcn_jax").joinpath("data/seg11valid.txt").read_text()
+    return text.split()
+
+
+def _id_year(image_id: str) -> int | None:
+    match = re.match(r"(\d{4})_", image_id)
+    return int(match.group(1)) if match else None
+
+
+def seg11valid_ids(voc_val: list[str], sbd_train: list[str]) -> tuple[list[str], str]:
+    """seg11valid ids and the rule that made them (see the module docstring)."""
+    voc_val_set = set(voc_val)
+    official = official_seg11valid()
+    present = [i for i in official if i in voc_val_set]
+    if present:
+        rule = f"official list ({len(present)} of {len(official)} ids present in VOC val)"
+        if len(present) < len(official):
+            log.warning("voc_sbd seg11valid: %s; the reference numbers need all of them", rule)
+        return present, rule
+    sbd_train_set = set(sbd_train)
+    derived = [
+        i for i in voc_val
+        if i not in sbd_train_set and (_id_year(i) or 0) <= 2011
+    ]
+    rule = "derived: VOC val ids not in SBD train, id year <= 2011 (no official id in VOC val)"
+    return derived, rule
+
+
+# ---------------------------------------------------------------- readers
+
+
+def _decode(data: bytes, path: pathlib.Path) -> Image.Image:
+    """Decodes fully, so truncated files fail here, not in training."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadExampleError(f"{path}: cannot decode image ({e})") from e
+    return image
+
+
+def read_image(path: pathlib.Path) -> tuple[bytes | np.ndarray, tuple[int, int]]:
+    """What tfds stores for the image, and its (height, width).
+
+    An RGB JPEG is stored as its own bytes (lossless, fast); anything else is
+    converted to RGB and re-encoded by tfds.
+    """
+    data = path.read_bytes()
+    image = _decode(data, path)
+    size = (image.height, image.width)
+    if image.format == "JPEG" and image.mode == "RGB":
+        return data, size
+    return np.asarray(image.convert("RGB")), size
+
+
+def check_label_values(label: np.ndarray, path: pathlib.Path) -> np.ndarray:
+    """The label as uint8, if every value is a class id or the ignore label."""
+    values = np.unique(label)
+    bad = values[(values < 0) | ((values >= NUM_CLASSES) & (values != IGNORE_LABEL))]
+    if bad.size:
+        raise BadExampleError(
+            f"{path}: label values {bad.tolist()} outside 0..{NUM_CLASSES - 1} and {IGNORE_LABEL}"
+        )
+    return label.astype(np.uint8)
+
+
+def read_voc_label(path: pathlib.Path) -> np.ndarray:
+    """(H, W) uint8 class ids: the raw palette indices of a VOC label PNG."""
+    image = _decode(path.read_bytes(), path)
+    if image.mode != "P":
+        hint = (
+            " (colours, not class ids: map each colour to its index in the VOC palette"
+            " and save as a palette PNG)" if image.mode in ("RGB", "RGBA") else ""
+        )
+        raise BadExampleError(
+            f"{path}: label PNG has mode {image.mode!r}, expected a palette ('P') PNG "
+            f"whose indices are VOC class ids{hint}"
+        )
+    label = np.asarray(image, np.uint8)
+    palette = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)
+    used = np.unique(label)
+    known = used[used < len(palette)]
+    wrong = np.setdiff1d(used, known[(palette[known] == VOC_PALETTE[known]).all(axis=1)])
+    if wrong.size:
+        raise BadExampleError(
+            f"{path}: palette colours of indices {wrong.tolist()} differ from the VOC palette,"
+            " so the indices may not be class ids"
+        )
+    return check_label_values(label, path)
+
+
+def read_sbd_label(path: pathlib.Path) -> np.ndarray:
+    """(H, W) uint8 class ids from an SBD cls/<id>.mat (struct GTcls, field Segmentation)."""
+    try:
+        mat = scipy.io.loadmat(path, variable_names=["GTcls"])
+    except Exception as e:  # scipy raises many types for corrupt files
+        raise BadExampleError(f"{path}: cannot read .mat file ({e})") from e
+    gt = mat.get("GTcls")
+    if gt is None or gt.dtype.names is None or "Segmentation" not in gt.dtype.names:
+        raise BadExampleError(f"{path}: no struct GTcls with field Segmentation")
+    label = np.asarray(gt["Segmentation"].flat[0])
+    if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
+        raise BadExampleError(
+            f"{path}: GTcls.Segmentation is {label.dtype} {label.shape}, expected an integer HxW map"
+        )
+    return check_label_values(label, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleFiles:
+    image_id: str
+    image: pathlib.Path
+    label: pathlib.Path
+    listed_in: pathlib.Path  # the id list, for messages
+
+
+def read_example(files: ExampleFiles) -> dict:
+    """The tfds example for one id, or BadExampleError naming the bad file."""
+    for path in (files.image, files.label):
+        if not path.is_file():
+            raise BadExampleError(f"{path}: missing, but id {files.image_id!r} is listed in {files.listed_in}")
+    image, (height, width) = read_image(files.image)
+    read_label = read_sbd_label if files.label.suffix == ".mat" else read_voc_label
+    label = read_label(files.label)
+    if label.shape != (height, width):
+        raise BadExampleError(
+            f"{files.label}: label is {label.shape[0]}x{label.shape[1]} but image "
+            f"{files.image} is {height}x{width}"
+        )
+    return {"image": image, "label": label[:, :, None], "id": files.image_id}
+
+
+# ---------------------------------------------------------------- splits
+
+
+def check_layout(root: pathlib.Path) -> None:
+    """Fails early, naming what is missing, if manual_dir is not VOC + SBD."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: manual_dir not found; it must contain {LAYOUT}")
+    required = {
+        VOC_DIR: ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation/train.txt",
+                  "ImageSets/Segmentation/val.txt"],
+        SBD_DIR: ["img", "cls", "train.txt", "val.txt"],
+    }
+    missing = []
+    for tree, children in required.items():
+        if not (root / tree).is_dir():
+            missing.append(root / tree)
+        else:
+            missing += [root / tree / child for child in children if not (root / tree / child).exists()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(map(str, missing))}: not found; manual_dir must contain {LAYOUT}")
+
+
+def split_files(root: pathlib.Path) -> tuple[dict[str, list[ExampleFiles]], str]:
+    """Files of every split under manual_dir `root`, and the seg11valid rule used."""
+    check_layout(root)
+    voc, sbd = root / VOC_DIR, root / SBD_DIR
+    lists = {
+        "voc_train": voc / "ImageSets/Segmentation/train.txt",
+        "voc_val": voc / "ImageSets/Segmentation/val.txt",
+        "sbd_train": sbd / "train.txt",
+        "sbd_val": sbd / "val.txt",
+    }
+    ids = {name: read_id_list(path) for name, path in lists.items()}
+    ids["seg11valid"], rule = seg11valid_ids(ids["voc_val"], ids["sbd_train"])
+    seg11valid = set(ids["seg11valid"])
+    ids["sbd_train_no_seg11valid"] = [i for i in ids["sbd_train"] if i not in seg11valid]
+    listed_in = {**lists, "seg11valid": lists["voc_val"], "sbd_train_no_seg11valid": lists["sbd_train"]}
+
+    def files(split: str, image_id: str) -> ExampleFiles:
+        if split.startswith("sbd"):
+            return ExampleFiles(image_id, sbd / "img" / f"{image_id}.jpg",
+                                sbd / "cls" / f"{image_id}.mat", listed_in[split])
+        return ExampleFiles(image_id, voc / "JPEGImages" / f"{image_id}.jpg",
+                            voc / "SegmentationClass" / f"{image_id}.png", listed_in[split])
+
+    return {split: [files(split, i) for i in ids[split]] for split in SPLITS}, rule
+
+
+# ---------------------------------------------------------------- tfds builder
+
+
+@dataclasses.dataclass
+class VocSbdConfig(tfds.core.BuilderConfig):
+    skip_bad_examples: bool = False
+
+
+class VocSbd(tfds.core.GeneratorBasedBuilder):
+    """PASCAL VOC2012 segmentation + SBD, with the FCN seg11valid split."""
+
+    name = "voc_sbd"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "VOC2012 + SBD splits, seg11valid, sbd_train_no_seg11valid."}
+    BUILDER_CONFIGS = [
+        VocSbdConfig(name="strict", description="Any bad example is an error."),
+        VocSbdConfig(name="skip_bad_examples", skip_bad_examples=True,
+                     description="Bad training examples are skipped and counted."),
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Extract VOCtrainval_11-May-2012.tar and SBD benchmark.tgz into manual_dir, giving "
+        + LAYOUT
+    )
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="PASCAL VOC2012 segmentation + SBD, with the FCN seg11valid split.",
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "label": tfds.features.Image(shape=(None, None, 1), encoding_format="png",
+                                             use_colormap=True),
+                "id": tfds.features.Text(),
+            }),
+            metadata=tfds.core.MetadataDict(),
+            disable_shuffling=True,  # source[i] is the i-th id of the split's list
+            homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
+        )
+
+    def _split_generators(self, dl_manager):
+        root = pathlib.Path(dl_manager.manual_dir).resolve()
+        files, rule = split_files(root)
+        log.info("voc_sbd seg11valid: %s", rule)
+        self.info.metadata.update(manual_dir=str(root), seg11valid_rule=rule)
+        return {split: self._generate_examples(split, files[split]) for split in SPLITS}
+
+    def _generate_examples(self, split, files):
+        skip = self.builder_config.skip_bad_examples and split in TRAIN_SPLITS
+        skipped = 0
+        for example_files in files:
+            try:
+                example = read_example(example_files)
+            except BadExampleError as e:
+                if not skip:
+                    raise
+                skipped += 1
+                log.warning("voc_sbd %s: skipping bad example: %s", split, e)
+                continue
+            yield example_files.image_id, example
+        if skipped:
+            log.warning("voc_sbd %s: skipped %d of %d bad examples", split, skipped, len(files))
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _builder(data_dir: str, skip_bad_examples: bool) -> VocSbd:
+    config = "skip_bad_examples" if skip_bad_examples else "strict"
+    return VocSbd(data_dir=data_dir, config=config)
+
+
+def _check_same_manual_dir(builder: VocSbd, manual_dir: str) -> None:
+    """A data_dir prepared from other raw data must not be reused silently."""
+    prepared_from = builder.info.metadata.get("manual_dir")
+    wanted = str(pathlib.Path(manual_dir).resolve())
+    if prepared_from != wanted:
+        raise ValueError(
+            f"{builder.data_dir}: prepared from manual_dir {prepared_from}, not {wanted}; "
+            "use another data_dir, or pass manual_dir=None to read it as is"
+        )
+
+
+def prepare(data_dir: str, manual_dir: str, *, skip_bad_examples: bool = False) -> VocSbd:
+    """Writes every split as array_record under data_dir once; later calls reuse it."""
+    builder = _builder(data_dir, skip_bad_examples)
+    if builder.is_prepared():
+        _check_same_manual_dir(builder, manual_dir)
+        return builder
+    check_layout(pathlib.Path(manual_dir))  # before tfds, whose own message is vaguer
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False),
+    )
+    return builder
+
+
+class VocSource(collections.abc.Sequence):
+    """A prepared split as the data contract's source: label (H, W) uint8, id str."""
+
+    def __init__(self, data_source):
+        self._source = data_source
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self._source[range(len(self))[index]]
+        return {
+            "image": example["image"],
+            "label": example["label"][:, :, 0],
+            "id": example["id"].decode() if isinstance(example["id"], bytes) else example["id"],
+        }
+
+
+def load_split(data_dir: str, split: str, manual_dir: str | None = None, *,
+               skip_bad_examples: bool = False) -> VocSource:
+    """Random-access source for `split`; prepares data_dir from manual_dir first if needed."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown voc_sbd split {split!r}; splits are {', '.join(SPLITS)}")
+    if manual_dir is not None:
+        builder = prepare(data_dir, manual_dir, skip_bad_examples=skip_bad_examples)
+    else:
+        builder = _builder(data_dir, skip_bad_examples)
+        if not builder.is_prepared():
+            raise FileNotFoundError(
+                f"{builder.data_dir}: voc_sbd is not prepared there; pass manual_dir to prepare it"
+            )
+    return VocSource(builder.as_data_source(split))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manual_dir", required=True, help="folder holding VOCdevkit/ and benchmark_RELEASE/")
+    parser.add_argument("--data_dir", required=True, help="where the prepared tfds dataset goes")
+    parser.add_argument("--skip_bad_examples", action="store_true",
+                        help="skip (and count) unreadable training examples instead of failing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    builder = prepare(args.data_dir, args.manual_dir, skip_bad_examples=args.skip_bad_examples)
+    print(f"{builder.data_dir}")
+    print(f"seg11valid: {builder.info.metadata['seg11valid_rule']}")
+    for split in SPLITS:
+        print(f"{split:>24}: {builder.info.splits[split].num_examples}")
+
+
+if __name__ == "__main__":
+    main()

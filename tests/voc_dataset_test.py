@@ -1,0 +1,285 @@
+"""voc_dataset: tfds build from tiny VOC + SBD trees, split rules, and bad-input errors."""
+
+import logging
+import pathlib
+
+import numpy as np
+import pytest
+import scipy.io
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from fcn_jax import synthetic, voc_dataset as vd
+
+VOC_TRAIN = ["2007_000032", "2007_000039"]
+VOC_VAL = ["2007_000033", "2007_000042", "2008_000009", "2007_000061"]
+SBD_TRAIN = ["2007_000032", "2008_000009", "2007_000042", "2009_000001"]
+SBD_VAL = ["2007_000033", "2007_000061"]
+# The first three ids of the official seg11valid list; 2008_000009 is not in it.
+OFFICIAL_IN_VOC_VAL = ["2007_000033", "2007_000042", "2007_000061"]
+
+
+def _rng_for(image_id):
+    return np.random.default_rng(int(image_id.replace("_", "")))
+
+
+def _image(image_id):
+    """(H, W, 3) uint8; size varies with the id."""
+    rng = _rng_for(image_id)
+    height, width = 20 + int(image_id[-1]) * 3, 28 + int(image_id[-2]) * 2
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _label(image_id, border=True):
+    """(H, W) uint8 with background, one class derived from the id, and a 255 border."""
+    height, width = _image(image_id).shape[:2]
+    label = np.zeros((height, width), np.uint8)
+    label[4:14, 5:20] = 1 + int(image_id[-1]) % 20
+    if border:
+        label[4, 5:20] = 255
+    return label
+
+
+def _save_png(path, label, palette=vd.VOC_PALETTE):
+    image = Image.fromarray(label)
+    image.putpalette(palette.tobytes())
+    image.save(path)
+
+
+def _save_jpeg(path, image):
+    Image.fromarray(image).save(path, quality=95)
+
+
+def _save_mat(path, label):
+    scipy.io.savemat(path, {"GTcls": {"Segmentation": label, "CategoriesPresent": np.array([[1]])}})
+
+
+def write_tree(root, voc_train=VOC_TRAIN, voc_val=VOC_VAL, sbd_train=SBD_TRAIN, sbd_val=SBD_VAL):
+    voc, sbd = root / vd.VOC_DIR, root / vd.SBD_DIR
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True)
+    for folder in ("img", "cls"):
+        (sbd / folder).mkdir(parents=True)
+    for image_id in voc_train + voc_val:
+        _save_jpeg(voc / "JPEGImages" / f"{image_id}.jpg", _image(image_id))
+        _save_png(voc / "SegmentationClass" / f"{image_id}.png", _label(image_id))
+    for image_id in sbd_train + sbd_val:
+        _save_jpeg(sbd / "img" / f"{image_id}.jpg", _image(image_id))
+        _save_mat(sbd / "cls" / f"{image_id}.mat", _label(image_id, border=False))
+    (voc / "ImageSets/Segmentation/train.txt").write_text("\n".join(voc_train) + "\n")
+    (voc / "ImageSets/Segmentation/val.txt").write_text("\n".join(voc_val) + "\n")
+    (sbd / "train.txt").write_text("\n".join(sbd_train) + "\n")
+    (sbd / "val.txt").write_text("\n".join(sbd_val) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(manual_dir, data_dir) with one prepared tiny dataset shared by the tests."""
+    manual_dir = write_tree(tmp_path_factory.mktemp("raw"))
+    data_dir = tmp_path_factory.mktemp("tfds")
+    vd.prepare(str(data_dir), str(manual_dir))
+    return manual_dir, data_dir
+
+
+def _ids(source):
+    return [example["id"] for example in source]
+
+
+def test_split_sizes_and_order(tiny):
+    manual_dir, data_dir = tiny
+    sources = {split: vd.load_split(str(data_dir), split) for split in vd.SPLITS}
+    assert {split: _ids(s) for split, s in sources.items()} == {
+        "voc_train": VOC_TRAIN,
+        "voc_val": VOC_VAL,
+        "sbd_train": SBD_TRAIN,
+        "sbd_val": SBD_VAL,
+        "seg11valid": OFFICIAL_IN_VOC_VAL,
+        # 2007_000042 is official seg11valid, so it leaves the training set.
+        "sbd_train_no_seg11valid": ["2007_000032", "2008_000009", "2009_000001"],
+    }
+    info = vd.VocSbd(data_dir=str(data_dir), config="strict").info
+    assert info.metadata["seg11valid_rule"].startswith("official list (3 of 736")
+    assert info.metadata["manual_dir"] == str(manual_dir.resolve())
+
+
+def test_examples_match_files(tiny):
+    manual_dir, data_dir = tiny
+    image_folder = {"voc": manual_dir / vd.VOC_DIR / "JPEGImages", "sbd": manual_dir / vd.SBD_DIR / "img"}
+    for split, kind, border in (("voc_val", "voc", True), ("sbd_train", "sbd", False), ("seg11valid", "voc", True)):
+        builder = vd.VocSbd(data_dir=str(data_dir), config="strict")
+        raw = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+        for index, example in enumerate(vd.load_split(str(data_dir), split)):
+            image_id = example["id"]
+            assert isinstance(image_id, str)
+            assert example["image"].dtype == np.uint8 and example["label"].dtype == np.uint8
+            # An RGB JPEG is stored as its own bytes, so nothing is lost.
+            original = image_folder[kind] / f"{image_id}.jpg"
+            assert raw[index]["image"] == original.read_bytes()
+            assert example["image"].shape == np.asarray(Image.open(original)).shape
+            np.testing.assert_array_equal(example["label"], _label(image_id, border=border))
+    assert set(np.unique(vd.load_split(str(data_dir), "voc_val")[0]["label"])) == {0, 4, 255}
+
+
+def test_non_rgb_image_is_converted(tree):
+    """A greyscale JPEG becomes RGB (tfds re-encodes it) instead of failing or keeping one channel."""
+    files = _voc_files(tree)
+    grey = _image("2007_000033")[:, :, 0]
+    Image.fromarray(grey).save(files.image, quality=95)
+    example = vd.read_example(files)
+    assert example["image"].shape == grey.shape + (3,)
+    np.testing.assert_array_equal(example["image"][:, :, 0], np.asarray(Image.open(files.image)))
+    np.testing.assert_array_equal(example["image"][:, :, 0], example["image"][:, :, 2])
+
+
+def test_source_indexing(tiny):
+    source = vd.load_split(str(tiny[1]), "voc_val")
+    assert len(source) == 4
+    assert source[-1]["id"] == VOC_VAL[-1]
+    with pytest.raises(IndexError):
+        source[4]
+
+
+def test_derived_seg11valid_from_synthetic(tmp_path):
+    """Synthetic ids are not in the official list: VOC val not in SBD train, year <= 2011."""
+    manual_dir = synthetic.write_synthetic_voc(str(tmp_path / "raw"), num_train=4, num_val=12, num_sbd_only=2, seed=3)
+    voc_val = vd.read_id_list(pathlib.Path(manual_dir) / vd.VOC_DIR / "ImageSets/Segmentation/val.txt")
+    sbd_train = vd.read_id_list(pathlib.Path(manual_dir) / vd.SBD_DIR / "train.txt")
+    expected = [i for i in voc_val if i not in sbd_train and int(i[:4]) <= 2011]
+    assert 0 < len(expected) < len(voc_val)  # the rule removes something
+    source = vd.load_split(str(tmp_path / "tfds"), "seg11valid", manual_dir)
+    assert _ids(source) == expected
+    train = _ids(vd.load_split(str(tmp_path / "tfds"), "sbd_train_no_seg11valid"))
+    assert train == sbd_train and not set(train) & set(expected)
+
+
+def test_load_split_errors(tiny, tmp_path):
+    manual_dir, data_dir = tiny
+    with pytest.raises(ValueError, match="unknown voc_sbd split 'train'"):
+        vd.load_split(str(data_dir), "train")
+    with pytest.raises(FileNotFoundError, match="not prepared there; pass manual_dir"):
+        vd.load_split(str(tmp_path), "voc_val")
+    with pytest.raises(ValueError, match=f"prepared from manual_dir {manual_dir.resolve()}, not {tmp_path}"):
+        vd.load_split(str(data_dir), "voc_val", str(tmp_path))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return write_tree(tmp_path / "raw")
+
+
+def _voc_files(root, image_id="2007_000033"):
+    voc = root / vd.VOC_DIR
+    return vd.ExampleFiles(image_id, voc / "JPEGImages" / f"{image_id}.jpg",
+                           voc / "SegmentationClass" / f"{image_id}.png", voc / "ImageSets/Segmentation/val.txt")
+
+
+def _sbd_files(root, image_id="2007_000033"):
+    sbd = root / vd.SBD_DIR
+    return vd.ExampleFiles(image_id, sbd / "img" / f"{image_id}.jpg", sbd / "cls" / f"{image_id}.mat", sbd / "val.txt")
+
+
+def test_missing_folder_names_it_and_layout(tree, tmp_path):
+    (tree / vd.SBD_DIR / "cls").rename(tree / "elsewhere")
+    with pytest.raises(FileNotFoundError, match=rf"^{tree / vd.SBD_DIR / 'cls'}: not found; manual_dir must contain "
+                                                r"VOCdevkit/VOC2012/\{JPEGImages"):
+        vd.split_files(tree)
+    (tree / "VOCdevkit").rename(tree / "elsewhere2")
+    with pytest.raises(FileNotFoundError, match=rf"^{tree / vd.VOC_DIR}, {tree / vd.SBD_DIR / 'cls'}: not found"):
+        vd.prepare(str(tmp_path / "tfds"), str(tree))
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path / 'nowhere'}: manual_dir not found; it must contain"):
+        vd.prepare(str(tmp_path / "tfds"), str(tmp_path / "nowhere"))
+
+
+def test_listed_id_without_label(tree):
+    files = _voc_files(tree)
+    files.label.unlink()
+    with pytest.raises(vd.BadExampleError,
+                       match=f"{files.label}: missing, but id '2007_000033' is listed in .*val.txt"):
+        vd.read_example(files)
+
+
+def test_label_value_out_of_range(tree):
+    files = _voc_files(tree)
+    label = _label("2007_000033")
+    label[0, 0], label[1, 1] = 21, 100
+    _save_png(files.label, label)
+    with pytest.raises(vd.BadExampleError, match=rf"{files.label}: label values \[21, 100\] outside 0..20 and 255"):
+        vd.read_example(files)
+
+
+def test_sbd_label_value_out_of_range(tree):
+    files = _sbd_files(tree)
+    label = _label("2007_000033", border=False).astype(np.int32)
+    label[0, 0], label[1, 1] = -1, 300
+    _save_mat(files.label, label)
+    with pytest.raises(vd.BadExampleError, match=rf"{files.label}: label values \[-1, 300\] outside 0..20 and 255"):
+        vd.read_example(files)
+
+
+@pytest.mark.parametrize("which", ["image", "label"])
+def test_corrupt_file(tree, which):
+    files = _voc_files(tree)
+    path = getattr(files, which)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # truncated
+    with pytest.raises(vd.BadExampleError, match=f"{path}: cannot decode image"):
+        vd.read_example(files)
+
+
+def test_corrupt_mat(tree):
+    files = _sbd_files(tree)
+    files.label.write_bytes(b"not a mat file at all" * 10)
+    with pytest.raises(vd.BadExampleError, match=f"{files.label}: cannot read .mat file"):
+        vd.read_example(files)
+
+
+def test_mat_without_segmentation(tree):
+    files = _sbd_files(tree)
+    scipy.io.savemat(files.label, {"GTinst": {"Segmentation": _label("2007_000033", border=False)}})
+    with pytest.raises(vd.BadExampleError, match=f"{files.label}: no struct GTcls with field Segmentation"):
+        vd.read_example(files)
+
+
+def test_rgb_label_refused_with_hint(tree):
+    files = _voc_files(tree)
+    Image.open(files.label).convert("RGB").save(files.label)
+    with pytest.raises(vd.BadExampleError,
+                       match=rf"{files.label}: label PNG has mode 'RGB', expected a palette "
+                             r"\('P'\) PNG whose indices are VOC class ids \(colours, not class ids"):
+        vd.read_example(files)
+
+
+def test_wrong_palette_refused(tree):
+    files = _voc_files(tree)
+    grey = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    _save_png(files.label, _label("2007_000033"), palette=grey)
+    with pytest.raises(vd.BadExampleError, match=rf"{files.label}: palette colours of indices \[4, 255\] differ"):
+        vd.read_example(files)
+
+
+def test_size_mismatch(tree):
+    files = _voc_files(tree)
+    _save_png(files.label, _label("2007_000033")[:-2])
+    with pytest.raises(vd.BadExampleError, match=f"{files.label}: label is 27x34 but image {files.image} is 29x34"):
+        vd.read_example(files)
+
+
+def test_prepare_strict_fails_and_skip_counts(tmp_path, caplog):
+    """A bad training image fails the strict build; skip_bad_examples drops it; bad eval data always fails."""
+    manual_dir = write_tree(tmp_path / "raw")
+    bad = manual_dir / vd.VOC_DIR / "JPEGImages/2007_000039.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(vd.BadExampleError, match=f"{bad}: cannot decode image"):
+        vd.prepare(str(tmp_path / "strict"), str(manual_dir))
+    with caplog.at_level(logging.WARNING, logger=vd.__name__):
+        vd.prepare(str(tmp_path / "skip"), str(manual_dir), skip_bad_examples=True)
+    source = vd.load_split(str(tmp_path / "skip"), "voc_train", skip_bad_examples=True)
+    assert _ids(source) == ["2007_000032"]
+    assert "voc_sbd voc_train: skipped 1 of 2 bad examples" in caplog.text
+    # The same kind of damage in an evaluation split is never skipped.
+    (manual_dir / vd.SBD_DIR / "cls/2007_000061.mat").unlink()
+    with pytest.raises(vd.BadExampleError, match="2007_000061.mat: missing, but id '2007_000061' is listed in"):
+        vd.prepare(str(tmp_path / "skip2"), str(manual_dir), skip_bad_examples=True)
