@@ -10,6 +10,9 @@ Forms (all give Caffe/PyTorch ConvTranspose semantics, checked against each othe
 Shapes are FCN-VGG16's at a 500x500 input in caffe geometry, batch 1, K=21.
 
   python benchmarks/upsample.py [--reps 20] [--out benchmarks/results/upsample.json]
+
+About 5 minutes on 2 CPU cores, nearly all of it the depthwise form (one call takes 100 s on the
+FCN-32s upscore); --budget_s caps the timing loop per form, not a single call.
 """
 import argparse
 import json

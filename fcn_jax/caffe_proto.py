@@ -132,7 +132,7 @@ def _blob_array(blob, where: str) -> np.ndarray:
         values = np.asarray(faithful.data or faithful.double_data, dtype=np.float64)
     if values.size != count:
         raise ValueError(f"{where}: blob holds {values.size} values but its shape {shape} needs {count}")
-    return values.astype(np.float32, copy=False).reshape(shape)  # read-only view of the parsed bytes
+    return values.astype(np.float32, copy=False).reshape(shape)  # packed float32: no copy (read-only)
 
 
 def _looks_like_text(data: bytes) -> bool:
@@ -168,7 +168,10 @@ def read_caffemodel(path: str) -> list[CaffeLayer]:
 
 
 def write_caffemodel(path: str, layers: Sequence[CaffeLayer], legacy: bool = False, name: str = "net") -> None:
-    """Writes layers as Caffe does (packed floats). legacy=True: V1 `layers` with num/channels/height/width blobs."""
+    """Writes layers as Caffe does (packed floats). legacy=True: V1 `layers` with num/channels/height/width blobs.
+
+    Goes through Python floats, so it is meant for small (test) nets.
+    """
     msgs = schema(faithful=True)
     net = msgs["NetParameter"](name=name)
     for layer in layers:
@@ -179,9 +182,7 @@ def write_caffemodel(path: str, layers: Sequence[CaffeLayer], legacy: bool = Fal
         for array in layer.blobs:
             blob = out.blobs.add()
             array = np.asarray(array, dtype=np.float32)
-            if legacy:
-                if array.ndim > 4:
-                    raise ValueError(f"layer {layer.name}: legacy blobs have at most 4 dims, got {array.shape}")
+            if legacy:  # 4-D, leading 1s: an InnerProduct weight (O, K) is (1, 1, O, K)
                 blob.num, blob.channels, blob.height, blob.width = (1,) * (4 - array.ndim) + array.shape
             else:
                 blob.shape.dim.extend(array.shape)

@@ -42,7 +42,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, rng: jax.Array, 
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            rng=ocp.args.StandardSave(rng),
+            rng=ocp.args.StandardSave({"dropout": rng}),  # Standard* needs a tree, not a bare array
             meta=ocp.args.JsonSave(meta),
         ),
         metrics=None if metrics is None else {BEST_METRIC: float(metrics[BEST_METRIC])},
@@ -62,11 +62,11 @@ def restore(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, step: in
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_like(state)),
-            rng=ocp.args.StandardRestore(abstract_like(rng)),
+            rng=ocp.args.StandardRestore(abstract_like({"dropout": rng})),
             meta=ocp.args.JsonRestore(),
         ),
     )
-    return restored.state, restored.rng, restored.meta
+    return restored.state, restored.rng["dropout"], restored.meta
 
 
 def load_params(path: str) -> dict:

@@ -41,6 +41,14 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()  # auto-detects the cluster (SLURM, TPU, ...)
 
 
+class _QuietLibraries(logging.Filter):
+    """Drop the INFO chatter of orbax and tfds; keep their warnings and our own progress."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noisy = any(name in record.pathname for name in ("orbax", "tensorflow_datasets", "etils"))
+        return record.levelno >= logging.WARNING or not noisy
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -54,6 +62,8 @@ def main(argv) -> None:
     from fcn_jax import train
 
     logging.getLogger().setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietLibraries())
     if jax.process_index() != 0:
         logging.getLogger().setLevel(logging.WARNING)
     try:

@@ -78,8 +78,9 @@ def bilinear_kernel(kernel_size: int, num_classes: int) -> np.ndarray:
 
 
 def transposed_conv(x, kernel, stride: int):
-    """Caffe/PyTorch transposed conv, no padding: x (N,h,w,Cin), kernel (k,k,Cin,Cout) -> (N,(h-1)*s+k,(w-1)*s+k,Cout).
+    """Caffe/PyTorch transposed conv, no padding.
 
+    x (N,h,w,Cin), kernel (k,k,Cin,Cout) -> (N,(h-1)*s+k,(w-1)*s+k,Cout):
     out[n, s*i+u, s*j+v, co] += x[n, i, j, ci] * kernel[u, v, ci, co].
 
     Sub-pixel form, exact for any kernel: write u = s*t + r with phase r in [0, s). Output row
@@ -203,9 +204,12 @@ class VGG16(nn.Module):
     def __call__(self, images, train: bool = False):
         _check_config(self.geometry, ())
         pads = _PADDING[self.geometry]
-        conv = lambda name, c, k, p: nn.Conv(  # noqa: E731
-            scaled_channels(c, self.width), (k, k), padding=((p, p), (p, p)), dtype=self.dtype,
-            param_dtype=jnp.float32, name=name)
+
+        def conv(name, channels, k, p):
+            return nn.Conv(scaled_channels(channels, self.width), (k, k),
+                           padding=((p, p), (p, p)), dtype=self.dtype,
+                           param_dtype=jnp.float32, name=name)
+
         x, feats = images.astype(self.dtype), {}
         for block, layers in enumerate(VGG16_BLOCKS, start=1):
             for name, channels in layers:

@@ -45,6 +45,7 @@ from typing import Any, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from fcn_jax import caffe_proto, models, torch_pickle
@@ -54,7 +55,8 @@ NORMALIZATION_OF_FORMAT = {"caffe": "caffe_bgr", "torchvision": "imagenet_rgb", 
 SIDECAR = "fcn_jax_weights.json"
 CHECKPOINT_DIR = "checkpoint"
 
-BACKBONE_LAYERS = tuple(name for block in models.VGG16_BLOCKS for name, _ in block) + ("fc6", "fc7")
+BACKBONE_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+                   "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3", "fc6", "fc7")
 # torchvision vgg16: indices of the convs in `features`, and of the Linear layers in `classifier`.
 _TORCHVISION_NAMES = {
     **{f"features.{i}": name for i, name in zip((0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28), BACKBONE_LAYERS)},
@@ -175,7 +177,10 @@ def pth_layers(state: Mapping[str, np.ndarray], fmt: str) -> list[Layer]:
             kind = "dense"
         else:
             kind = "deconv" if name.startswith("upscore") else "conv"
-        blobs = tuple(leaves[k] for k in ("weight", "bias") if k in leaves) if kind != "other" else tuple(leaves.values())
+        if kind == "other":
+            blobs = tuple(leaves.values())
+        else:
+            blobs = tuple(leaves[k] for k in ("weight", "bias") if k in leaves)
         layers.append(Layer(name, kind, blobs))
     return layers
 
@@ -244,16 +249,26 @@ def change_normalization(params: dict, source: str, target: str) -> dict:
 # ----------------------------------------------------------------------------- merging
 
 
+class ParamMismatchError(ValueError):
+    """Weights that do not fit a param tree; `problems` lists them ('missing: ...', 'unexpected: ...', ...)."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("weights do not fit the model: " + "; ".join(problems))
+        self.problems = problems
+
+
+def _path_name(path: tuple) -> str:
+    return "/".join(map(str, path))
+
+
 def _layer_names(paths: list[tuple], tree_paths) -> list[str]:
-    """Names for messages: a layer when all its leaves are in `paths`, else 'layer/leaf'."""
-    chosen, names = set(paths), []
+    """Sorted names for messages: a layer when all its leaves are in `paths`, else 'layer/leaf'."""
+    chosen, names = set(paths), set()
     for path in paths:
         parent = path[:-1]
         whole = parent and all(p in chosen for p in tree_paths if p[:-1] == parent)
-        name = "/".join(map(str, parent if whole else path))
-        if name not in names:
-            names.append(name)
-    return names
+        names.add(_path_name(parent if whole else path))
+    return sorted(names)
 
 
 def merge_params(template: Mapping, loaded: Mapping, strict: bool = True) -> tuple[dict, dict]:
@@ -263,18 +278,19 @@ def merge_params(template: Mapping, loaded: Mapping, strict: bool = True) -> tup
     leaf will be loaded). Loaded leaves are cast to the template leaf's dtype. Shape mismatches
     are always an error; with strict=True so are template leaves missing from `loaded` and
     `loaded` leaves the template lacks. With strict=False missing leaves keep the template's
-    value ('new') and extra ones are dropped ('unused'). All problems come in one ValueError.
+    value ('new') and extra ones are dropped ('unused'). All problems come in one
+    ParamMismatchError (a ValueError).
     report: {'loaded', 'new', 'unused'}: lists of layer names ('backbone/conv1_1', 'fc8', ...).
     """
     want = traverse_util.flatten_dict(template)
     have = traverse_util.flatten_dict(loaded)
     missing = [p for p in want if p not in have]
     unused = [p for p in have if p not in want]
-    mismatched = [
-        f"{'/'.join(map(str, p))} {tuple(np.shape(have[p]))} in weights vs {tuple(want[p].shape)} in model"
+    mismatched = sorted(
+        f"{_path_name(p)} {tuple(np.shape(have[p]))} in weights vs {tuple(want[p].shape)} in model"
         for p in want
         if p in have and tuple(np.shape(have[p])) != tuple(want[p].shape)
-    ]
+    )
     problems = []
     if strict and missing:
         problems.append("missing: " + ", ".join(_layer_names(missing, want)))
@@ -283,7 +299,7 @@ def merge_params(template: Mapping, loaded: Mapping, strict: bool = True) -> tup
     if mismatched:
         problems.append("shape mismatch: " + ", ".join(mismatched))
     if problems:
-        raise ValueError("weights do not fit the model: " + "; ".join(problems))
+        raise ParamMismatchError(problems)
     merged = {p: np.asarray(have[p], dtype=want[p].dtype) if p in have else want[p] for p in want}
     report = {
         "loaded": _layer_names([p for p in want if p in have], want),
@@ -327,8 +343,9 @@ def convert(
     template = model_template(variant, num_classes, width, initialise=allow_missing)
     try:
         params, report = merge_params(template, loaded, strict=not allow_missing)
-    except ValueError as e:
-        raise ValueError(f"{path} does not fit {variant} with num_classes={num_classes}: {e}") from None
+    except ParamMismatchError as e:
+        problems = "; ".join(e.problems)
+        raise ValueError(f"{path} does not fit {variant} with num_classes={num_classes}: {problems}") from None
     meta = {**meta, "variant": variant, "num_classes": num_classes, "width": width, "geometry": "caffe", **report}
     return params, meta
 
@@ -349,8 +366,6 @@ def format_report(meta: Mapping) -> str:
 
 def save_converted(directory: str, params: dict, metadata: Mapping) -> None:
     """Writes DIR/checkpoint (orbax, {'params': params}) and DIR/fcn_jax_weights.json."""
-    import orbax.checkpoint as ocp
-
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and os.listdir(directory):
         raise FileExistsError(f"output directory {directory} is not empty; choose a new one")
@@ -363,8 +378,6 @@ def save_converted(directory: str, params: dict, metadata: Mapping) -> None:
 
 def load_converted(path: str) -> tuple[dict, dict]:
     """(params as NumPy arrays, metadata) from a directory written by `save_converted`."""
-    import orbax.checkpoint as ocp
-
     path = os.path.abspath(path)
     sidecar = os.path.join(path, SIDECAR)
     if not os.path.isfile(sidecar):

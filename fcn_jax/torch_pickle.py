@@ -96,13 +96,14 @@ class _Tensor:
     def to_numpy(self) -> np.ndarray:
         data, offset = self.storage.data, self.offset
         if min(self.size + self.stride + (offset,), default=0) < 0:
-            raise pickle.UnpicklingError(f"tensor with a negative size, stride or offset: {self.size} {self.stride} {offset}")
+            raise pickle.UnpicklingError(f"negative tensor size/stride/offset: {self.size} {self.stride} {offset}")
         if 0 in self.size:
             return np.zeros(self.size, dtype=data.dtype)
         last = offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
         if last >= data.size:  # as_strided would read foreign memory
             raise pickle.UnpicklingError(
-                f"tensor of size {self.size}, stride {self.stride}, offset {offset} reaches past its storage of {data.size}"
+                f"tensor of size {self.size}, stride {self.stride}, offset {offset} "
+                f"reaches past its storage of {data.size}"
             )
         strides = [s * data.dtype.itemsize for s in self.stride]
         return np.lib.stride_tricks.as_strided(data[offset:], self.size, strides, writeable=False).copy()
@@ -138,7 +139,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise UnsafePickleError(
-                f"refusing to load global '{module}.{name}': a weights file may only reference tensor-rebuilding globals"
+                f"refusing to load global '{module}.{name}': "
+                "a weights file may only reference tensor-rebuilding globals"
             ) from None
 
     def persistent_load(self, pid):
@@ -179,7 +181,7 @@ def _load_zip(path: str, zf: zipfile.ZipFile):
     names = zf.namelist()
     pkl = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
     if len(pkl) != 1:
-        raise _FileError(f"{path} is a zip archive but not a torch.save file (no single data.pkl; a TorchScript file?)")
+        raise _FileError(f"{path} is a zip archive but not a torch.save file (no single data.pkl)")
     root = pkl[0][: -len("data.pkl")]
     byteorder = zf.read(f"{root}byteorder").decode().strip() if f"{root}byteorder" in names else "little"
     storages: dict[str, _Storage] = {}
@@ -219,8 +221,14 @@ def _load_legacy(path: str, f):
         _view_key, offset, view_numel = view
         return _StorageView(root, int(offset), int(view_numel))
 
-    obj = _RestrictedUnpickler(f, persistent_load).load()
-    for key in plain_load():
+    try:  # past the magic number this is a torch file: failures now mean damage
+        obj = _RestrictedUnpickler(f, persistent_load).load()
+        keys = plain_load()
+    except (EOFError, pickle.UnpicklingError) as e:
+        if isinstance(e, UnsafePickleError):
+            raise
+        raise _FileError(f"{path} is a truncated or corrupt legacy .pth file ({e})") from None
+    for key in keys:
         root = roots[str(key)]
         header = f.read(8)
         numel = int.from_bytes(header, byteorder, signed=True) if len(header) == 8 else -1

@@ -368,8 +368,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     compiled_eval: dict = {}
 
     writer = Writer(workdir, start_step)
-    schedule = learning_rate_schedule(config.optim, num_steps)
     num_steps = config.train.num_steps
+    schedule = learning_rate_schedule(config.optim, num_steps)
     progress = _progress(start_step, num_steps)
     result: dict = {}
     last_good_step = manager.latest_step()

@@ -2,6 +2,7 @@
 
 import collections
 import importlib.util
+import io
 import os
 import pickle
 import struct
@@ -22,14 +23,19 @@ from fcn_jax.caffe_proto import CaffeLayer
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
-WIDTH = 1 / 128  # channels 1, 2, 4, 4, 4 and fc 32: fast, every layer still present
+WIDTH = 1 / 128  # channels 1, 1, 2, 4, 4 and fc 32: fast, every layer still present
+VGG16_BLOCKS = ((("conv1_1", 64), ("conv1_2", 64)), (("conv2_1", 128), ("conv2_2", 128)),
+                (("conv3_1", 256), ("conv3_2", 256), ("conv3_3", 256)),
+                (("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512)),
+                (("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512)))  # each block ends in a 2x2/2 max pool
 SKIPS = {"fcn32s": (), "fcn16s": ("pool4",), "fcn8s": ("pool4", "pool3"), "fcn8s_atonce": ("pool4", "pool3")}
 FINAL = {"fcn32s": ("upscore", 64, 32, 19), "fcn16s": ("upscore16", 32, 16, 27),
          "fcn8s": ("upscore8", 16, 8, 31), "fcn8s_atonce": ("upscore8", 16, 8, 31)}
 
 
 def _fixture_script():
-    spec = importlib.util.spec_from_file_location("make_pth_fixtures", os.path.join(ROOT, "scripts", "make_pth_fixtures.py"))
+    script = os.path.join(ROOT, "scripts", "make_pth_fixtures.py")
+    spec = importlib.util.spec_from_file_location("make_pth_fixtures", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -40,16 +46,16 @@ def _fixture_script():
 
 def caffe_fcn_layers(variant, num_classes, rng, fc_as="Convolution"):
     """Random weights of an FCN (or, fc_as='InnerProduct', the ImageNet VGG16) in Caffe's layout and order."""
-    c = lambda n: models.scaled_channels(n, WIDTH)  # noqa: E731
+    c = lambda n: max(1, round(n * WIDTH))  # noqa: E731  the contract's width rule
     layers, cin = [], 3
 
-    def add(name, kind, shape, bias=True, scale=None):
+    def add(name, kind, shape, bias=True, gain=1.0):  # variance-preserving random weights
         fan_in = np.prod(shape[1:]) if kind != "Deconvolution" else shape[0] * shape[2] * shape[3] / 4
-        w = rng.normal(0, scale or np.sqrt(2 / fan_in), shape).astype(np.float32)
+        w = rng.normal(0, gain * np.sqrt(2 / fan_in), shape).astype(np.float32)
         blobs = (w, rng.uniform(-0.1, 0.1, shape[0]).astype(np.float32)) if bias else (w,)
         layers.append(CaffeLayer(name, kind, blobs))
 
-    for block in models.VGG16_BLOCKS:
+    for block in VGG16_BLOCKS:
         for name, n in block:
             add(name, "Convolution", (c(n), cin, 3, 3))
             cin = c(n)
@@ -65,10 +71,10 @@ def caffe_fcn_layers(variant, num_classes, rng, fc_as="Convolution"):
     k = num_classes
     if "pool4" in SKIPS[variant]:
         add("upscore2", "Deconvolution", (k, k, 4, 4), bias=False)
-        add("score_pool4", "Convolution", (k, c(512), 1, 1), scale=100 if variant == "fcn8s_atonce" else None)
+        add("score_pool4", "Convolution", (k, c(512), 1, 1), gain=100 if variant == "fcn8s_atonce" else 1)
     if "pool3" in SKIPS[variant]:
         add("upscore_pool4", "Deconvolution", (k, k, 4, 4), bias=False)
-        add("score_pool3", "Convolution", (k, c(256), 1, 1), scale=1e4 if variant == "fcn8s_atonce" else None)
+        add("score_pool3", "Convolution", (k, c(256), 1, 1), gain=1e4 if variant == "fcn8s_atonce" else 1)
     name, size, stride, _ = FINAL[variant]
     add(name, "Deconvolution", (k, k, size, size), bias=False)
     return layers
@@ -108,7 +114,7 @@ def np_vgg(layers, x, pad1=100):
     """conv1_1..pool5 in Caffe's net; returns pool3, pool4, pool5."""
     relu = lambda t: np.maximum(t, 0)  # noqa: E731
     pools = []
-    for block in models.VGG16_BLOCKS:
+    for block in VGG16_BLOCKS:
         for name, _ in block:
             w, b = layers[name].blobs
             x = relu(np_conv(x, w.astype(np.float64), b, pad1 if name == "conv1_1" else 1))
@@ -173,13 +179,13 @@ def test_caffe_legacy_v1_layers_give_the_same_params(tmp_path):
     caffe_proto.write_caffemodel(new, layers)
     caffe_proto.write_caffemodel(legacy, layers, legacy=True)
     read = caffe_proto.read_caffemodel(legacy)
-    assert read[0].blobs[1].shape == (1, 1, 1, 1)  # legacy 4-D bias blob (num, channels, height, width)
+    assert read[4].blobs[1].shape == (1, 1, 1, 2)  # conv3_1: legacy 4-D bias blob (num, channels, height, width)
     assert [layer.type for layer in read][-3:] == ["Deconvolution", "Convolution", "Deconvolution"]
     p_new, _ = pretrained.load_caffemodel(new)
     p_legacy, _ = pretrained.load_caffemodel(legacy)
     jax.tree.map(np.testing.assert_array_equal, p_new, p_legacy)
     # layouts: conv OIHW -> HWIO, deconv (Cin, Cout, u, v) -> (u, v, Cin, Cout)
-    np.testing.assert_array_equal(p_new["backbone"]["conv2_1"]["kernel"][1, 2, 0, 1], layers[2].blobs[0][1, 0, 1, 2])
+    np.testing.assert_array_equal(p_new["backbone"]["conv3_1"]["kernel"][1, 2, 0, 1], layers[4].blobs[0][1, 0, 1, 2])
     up = layers[-1].blobs[0]
     np.testing.assert_array_equal(p_new["upscore8"]["kernel"][3, 5, 0, 2], up[0, 2, 3, 5])
 
@@ -190,7 +196,8 @@ def test_caffe_imagenet_vgg16_inner_product_is_convolutionalised(tmp_path):
     path = str(tmp_path / "vgg16.caffemodel")
     caffe_proto.write_caffemodel(path, layers, legacy=True)
     loaded, _ = pretrained.load_caffemodel(path)
-    assert loaded["backbone"]["fc6"]["kernel"].shape == (7, 7, 4, 32) and loaded["fc8"]["kernel"].shape == (1, 1, 32, 10)
+    assert loaded["backbone"]["fc6"]["kernel"].shape == (7, 7, 4, 32)
+    assert loaded["fc8"]["kernel"].shape == (1, 1, 32, 10)
     params, meta = pretrained.convert("caffe", path, "fcn32s", 3, width=WIDTH, allow_missing=True)
     assert meta["new"] == ["score_fr", "upscore"] and meta["unused"] == ["fc8"]
     np.testing.assert_array_equal(params["score_fr"]["kernel"], 0)
@@ -327,43 +334,69 @@ def _fake_torch_globals():
 
 class _TensorRef:
     def __init__(self, rebuild, storage, offset, size, stride):
-        self.args = (rebuild, (storage, offset, tuple(size), tuple(stride), False, collections.OrderedDict()))
+        size, stride = tuple(map(int, size)), tuple(map(int, stride))  # plain ints: no numpy globals in the pickle
+        self.args = (rebuild, (storage, int(offset), size, stride, False, collections.OrderedDict()))
 
     def __reduce__(self):
         return self.args
 
 
 class _StorageRef:
-    def __init__(self, storage_type, key, numel):
-        self.pid = ("storage", storage_type, key, "cpu", numel)
+    def __init__(self, *pid):
+        self.pid = pid
 
 
-def write_pth(path, tensors, storages, byteorder="little"):
-    """torch's zip format by hand: tensors {name: (storage_key, offset, size, stride)}, storages {key: 1-D array}."""
-    types = {np.float32: "FloatStorage", np.float16: "HalfStorage", np.float64: "DoubleStorage", np.int64: "LongStorage"}
+def write_pth(path, tensors, storages, byteorder="little", legacy=False, views=()):
+    """torch's file formats by hand.
+
+    tensors {name: (storage_key, offset, size, stride)}; storages {key: 1-D array};
+    views {key: (root_key, offset, numel)} (legacy only): storages that are slices of another.
+    """
+    types = {np.float32: "FloatStorage", np.float16: "HalfStorage", np.float64: "DoubleStorage",
+             np.int64: "LongStorage"}
+    endian = "<" if byteorder == "little" else ">"
+    raw = {k: a.astype(a.dtype.newbyteorder(endian)).tobytes() for k, a in storages.items()}
     with _fake_torch_globals() as (torch_mod, rebuild):
-        refs = {k: _StorageRef(getattr(torch_mod, types[a.dtype.type]), k, a.size) for k, a in storages.items()}
+        def ref(key):
+            root_key, offset, numel = views[key] if key in views else (key, 0, None)
+            root = storages[root_key]
+            pid = ("storage", getattr(torch_mod, types[root.dtype.type]), root_key, "cpu", root.size)
+            if legacy:
+                pid += (None if numel is None else (key, offset, numel),)
+            return _StorageRef(*pid)
+
         state = collections.OrderedDict(
-            (name, _TensorRef(rebuild, refs[key], offset, size, stride)) for name, (key, offset, size, stride) in tensors.items())
+            (name, _TensorRef(rebuild, ref(key), offset, size, stride))
+            for name, (key, offset, size, stride) in tensors.items())
 
         class Pickler(pickle.Pickler):
             def persistent_id(self, obj):
                 return obj.pid if isinstance(obj, _StorageRef) else None
 
-        import io
         buffer = io.BytesIO()
+        if legacy:
+            for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": endian == "<",
+                                                          "type_sizes": {"short": 2, "int": 4, "long": 8}}):
+                pickle.dump(header, buffer, protocol=2)
         Pickler(buffer, protocol=2).dump(state)
-    endian = "<" if byteorder == "little" else ">"
+    if legacy:
+        pickle.dump(sorted(storages), buffer, protocol=2)
+        for key in sorted(storages):
+            buffer.write(storages[key].size.to_bytes(8, byteorder, signed=True) + raw[key])
+        with open(path, "wb") as f:
+            f.write(buffer.getvalue())
+        return
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/data.pkl", buffer.getvalue())
         zf.writestr("archive/byteorder", byteorder)
-        for key, array in storages.items():
-            zf.writestr(f"archive/data/{key}", array.astype(array.dtype.newbyteorder(endian)).tobytes())
+        for key, data in raw.items():
+            zf.writestr(f"archive/data/{key}", data)
         zf.writestr("archive/version", "3\n")
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 @pytest.mark.parametrize("byteorder", ["little", "big"])
-def test_pth_reader_respects_offset_stride_dtype_byteorder(tmp_path, byteorder):
+def test_pth_reader_respects_offset_stride_dtype_byteorder(tmp_path, byteorder, legacy):
     base = np.arange(24, dtype=np.float32) * 0.5
     storages = {"0": base, "1": np.arange(5, dtype=np.float16), "2": np.arange(3, dtype=np.int64) - 1,
                 "3": np.linspace(0, 1, 4)}
@@ -376,8 +409,12 @@ def test_pth_reader_respects_offset_stride_dtype_byteorder(tmp_path, byteorder):
         "double": ("3", 0, (2, 2), (2, 1)),
         "empty": ("0", 0, (0, 3), (3, 1)),
     }
+    views = {}
+    if legacy:  # torch < 0.4 stored slices of storages as views: elements 10..13 of storage 0
+        views = {"v": ("0", 10, 4)}
+        tensors["in_view"] = ("v", 1, (2,), (2,))
     path = str(tmp_path / "hand.pth")
-    write_pth(path, tensors, storages, byteorder)
+    write_pth(path, tensors, storages, byteorder, legacy, views)
     got = torch_pickle.load_torch_file(path)
     assert isinstance(got, collections.OrderedDict) and list(got) == list(tensors)
     np.testing.assert_array_equal(got["w"], base.reshape(2, 3, 4))
@@ -388,6 +425,24 @@ def test_pth_reader_respects_offset_stride_dtype_byteorder(tmp_path, byteorder):
     np.testing.assert_array_equal(got["long"], [-1, 0, 1])
     np.testing.assert_array_equal(got["double"], np.linspace(0, 1, 4).reshape(2, 2))
     assert got["empty"].shape == (0, 3)
+    if legacy:
+        np.testing.assert_array_equal(got["in_view"], [5.5, 6.5])
+
+
+def test_pth_training_checkpoints_and_data_parallel_prefixes_are_unwrapped(tmp_path, monkeypatch):
+    """pytorch-fcn's trainer saves {'model_state_dict': ...}; nn.DataParallel prefixes keys with 'module.'."""
+    w, b = np.ones((2, 3, 3, 3), np.float32), np.arange(2, dtype=np.float32)
+    checkpoint = {"epoch": 7, "optim_state_dict": {"state": {}},
+                  "model_state_dict": collections.OrderedDict(
+                      [("module.conv1_1.weight", w), ("module.conv1_1.bias", b)])}
+    monkeypatch.setattr(torch_pickle, "load_torch_file", lambda path: checkpoint)
+    params, meta = pretrained.load_pth("checkpoint.pth.tar")
+    assert meta["format"] == "pytorch_fcn"
+    np.testing.assert_array_equal(params["backbone"]["conv1_1"]["kernel"], w.transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(params["backbone"]["conv1_1"]["bias"], b)
+    monkeypatch.setattr(torch_pickle, "load_torch_file", lambda path: [w])
+    with pytest.raises(ValueError, match="x.pth does not hold a state_dict .a dict of tensors., but a list"):
+        pretrained.load_pth("x.pth")
 
 
 def test_hand_written_pytorch_fcn_pth_imports_with_pytorch_layouts(tmp_path):
@@ -438,8 +493,9 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path, container, attack):
             zf.writestr("archive/version", "3\n")
     else:
         path.write_bytes(payload)
-    name = attack.split()[0]
-    with pytest.raises(torch_pickle.UnsafePickleError, match=f"refusing to load global '{name}'"):
+    module, name = attack.split()[0].split(".")
+    module = "(__builtin__|builtins)" if module == "builtins" else module  # protocol 2 writes Python 2's name
+    with pytest.raises(torch_pickle.UnsafePickleError, match=rf"evil.pth: refusing to load global '{module}\.{name}'"):
         pretrained.load_pth(str(path))
     assert not marker.exists()
 
@@ -498,17 +554,19 @@ def test_merge_params_strict_lists_every_problem_in_one_error():
     fcn32s = _tree("score_fr", "upscore")
     fcn8s = _tree("score_fr", "upscore2", "score_pool4", "upscore_pool4", "score_pool3", "upscore8")
     template = jax.eval_shape(lambda: fcn8s)
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(pretrained.ParamMismatchError) as error:
         pretrained.merge_params(template, fcn32s)
-    assert str(error.value) == ("weights do not fit the model: missing: upscore2, score_pool4, upscore_pool4, "
-                                "score_pool3, upscore8; unexpected: upscore")
+    assert error.value.problems == ["missing: score_pool3, score_pool4, upscore2, upscore8, upscore_pool4",
+                                    "unexpected: upscore"]
+    assert str(error.value) == ("weights do not fit the model: missing: score_pool3, score_pool4, upscore2, "
+                                "upscore8, upscore_pool4; unexpected: upscore")
     other_classes = _tree("score_fr", "upscore", k=5)
     other_classes["backbone"]["conv1_1"].pop("bias")
     with pytest.raises(ValueError) as error:
         pretrained.merge_params(fcn32s, other_classes, strict=False)  # mismatches fail even when not strict
     assert "missing" not in str(error.value)
-    assert str(error.value).endswith("shape mismatch: score_fr/kernel (1, 1, 8, 5) in weights vs (1, 1, 8, 3) in model, "
-                                     "score_fr/bias (5,) in weights vs (3,) in model, "
+    assert str(error.value).endswith("shape mismatch: score_fr/bias (5,) in weights vs (3,) in model, "
+                                     "score_fr/kernel (1, 1, 8, 5) in weights vs (1, 1, 8, 3) in model, "
                                      "upscore/kernel (64, 64, 5, 5) in weights vs (64, 64, 3, 3) in model")
     with pytest.raises(ValueError, match="missing: backbone/conv1_1/bias"):
         pretrained.merge_params(_tree(), {"backbone": {"conv1_1": {"kernel": np.ones((3, 3, 3, 1))}}})
@@ -521,7 +579,7 @@ def test_merge_params_partial_keeps_fresh_values_and_reports():
     fcn16s = _tree("score_fr", "upscore2", "score_pool4", "upscore16")
     fcn16s["backbone"]["conv1_1"]["bias"] = np.zeros(1, np.float32)
     params, report = pretrained.merge_params(fcn16s, fcn32s, strict=False)
-    assert report == {"loaded": ["backbone/conv1_1", "score_fr"], "new": ["upscore2", "score_pool4", "upscore16"],
+    assert report == {"loaded": ["backbone/conv1_1", "score_fr"], "new": ["score_pool4", "upscore16", "upscore2"],
                       "unused": ["upscore"]}
     assert params["score_fr"]["kernel"].dtype == np.float32  # cast to the template's dtype
     np.testing.assert_array_equal(params["score_fr"]["kernel"], fcn32s["score_fr"]["kernel"])
@@ -534,7 +592,7 @@ def test_merge_params_accepts_real_model_trees():
     template = pretrained.model_template("fcn16s", 3, WIDTH)  # ShapeDtypeStructs
     fresh = pretrained.model_template("fcn16s", 3, WIDTH, initialise=True)
     params, report = pretrained.merge_params(template, fresh)
-    assert report["new"] == report["unused"] == [] and len(report["loaded"]) == 15 + 5
+    assert report["new"] == report["unused"] == [] and len(report["loaded"]) == 15 + 4
     assert jax.tree.structure(params) == jax.tree.structure(jax.tree.map(np.asarray, fresh))
 
 
