@@ -1,17 +1,21 @@
-"""Images/s of fcn_jax.input_pipeline at VOC scale (500x375 / 375x500 images); writes JSON.
+"""Images/s and CPU ms/image of fcn_jax.input_pipeline at VOC scale (500x375 / 375x500 images); writes JSON.
 
-Sources:
-  memory        a list of random uint8 images (decoding excluded: the pipeline's own cost).
-  array_record  the tfds array_record data source of fcn_jax.voc_dataset over a VOC-layout tree of
-                500x375 / 375x500 JPEGs + palette PNGs written here (JPEG/PNG decoding included).
+Sources (200 images, smooth colour noise with rectangular label blobs):
+  memory        a Python list of decoded arrays: the pipeline's own cost, no decoding.
+  array_record  the same images as JPEG + palette PNG in a VOC/SBD tree written here, prepared by
+                fcn_jax.voc_dataset and read through its tfds array_record data source (voc_train split,
+                198 images): decoding included, as in training.
 Pipelines (batch 8 unless --batch):
-  read_*        only the source reads, three ways: parallel tf.numpy_function map (what
-                input_pipeline uses), the same map sequential, and Dataset.from_generator.
+  read_*            only the source reads (padded_batch to 500x500), three ways: parallel
+                    tf.numpy_function map (what input_pipeline uses), the same map sequential,
+                    and Dataset.from_generator.
   train_reference   crop 500x500 (pad with mean / 255), no scale, no flip (the reference recipe).
   train_augmented   crop 500x500, random scale 0.5..2.0, flip.
   eval_pad512       whole images padded to 512x512.
+Images/s depends on what else runs on the machine (load averages are recorded); CPU ms/image
+(all threads of the process) much less.
 
-  python benchmarks/input_pipeline.py [--sources memory array_record] [--out benchmarks/results/input_pipeline.json]
+  python -m benchmarks.input_pipeline [--sources memory array_record] [--out benchmarks/results/input_pipeline.json]
 """
 import argparse
 import json
@@ -110,14 +114,17 @@ def pipelines(source, batch: int) -> dict[str, tf.data.Dataset]:
     return out
 
 
-def images_per_second(dataset: tf.data.Dataset, batch: int, warmup: int, batches: int) -> float:
+def measure(dataset: tf.data.Dataset, batch: int, warmup: int, batches: int) -> dict:
+    """Wall-clock images/s, and CPU ms per image over all threads (steadier when the machine is shared)."""
     iterator = dataset.as_numpy_iterator()
     for _ in range(warmup):
         next(iterator)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(iterator)
-    return batch * batches / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    images = batch * batches
+    return {"images_per_s": round(images / wall, 1), "cpu_ms_per_image": round(1e3 * cpu / images, 2)}
 
 
 def main():
@@ -130,22 +137,25 @@ def main():
     parser.add_argument("--out", default="benchmarks/results/input_pipeline.json")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]  # other work on the machine skews images/s, much less CPU ms/image
     memory = memory_source(args.num_images)
     results = {}
     with tempfile.TemporaryDirectory() as root:
         for source_name in args.sources:
             source = memory if source_name == "memory" else array_record_source(memory, root)
             for name, dataset in pipelines(source, args.batch).items():
-                rate = images_per_second(dataset, args.batch, args.warmup, args.batches)
-                results[f"{source_name}/{name}"] = round(rate, 1)
-                print(f"{source_name:>12s}  {name:32s} {rate:8.1f} images/s", flush=True)
+                result = measure(dataset, args.batch, args.warmup, args.batches)
+                results[f"{source_name}/{name}"] = result
+                print(f"{source_name:>12s}  {name:32s} {result['images_per_s']:8.1f} images/s "
+                      f"{result['cpu_ms_per_image']:7.2f} CPU ms/image", flush=True)
 
     record = {
         "benchmark": "input_pipeline",
-        "unit": "images/s (host-local batches pulled with as_numpy_iterator)",
+        "unit": "images/s wall clock and CPU ms/image (all threads), batches pulled with as_numpy_iterator",
         "num_images": args.num_images, "image_shapes": [list(s) for s in SHAPES], "batch": args.batch,
         "batches_timed": args.batches, "warmup_batches": args.warmup, "results": results,
-        "machine": {"cpus": os.cpu_count(), "load_avg_1min_after": os.getloadavg()[0],
+        "machine": {"cpus": os.cpu_count(), "load_avg_1min_before": load_before,
+                    "load_avg_1min_after": os.getloadavg()[0],
                     "platform": platform.platform(), "python": platform.python_version(), "tensorflow": tf.__version__},
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

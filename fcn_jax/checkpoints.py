@@ -86,8 +86,11 @@ def load_params(path: str) -> dict:
         steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
         if steps:
             state_dir = os.path.join(directory, str(max(steps)), "state")
-            tree = ocp.StandardCheckpointer().restore(state_dir)
-            return jax.tree.map(np.asarray, tree["params"])
+            checkpointer = ocp.StandardCheckpointer()
+            # A numpy target restores on the host whatever device count / process count saved it
+            # (without a target orbax rebuilds the saved shardings and fails on another topology).
+            target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), checkpointer.metadata(state_dir).item_metadata)
+            return checkpointer.restore(state_dir, target)["params"]
     raise FileNotFoundError(
         f"{path} holds neither a training checkpoint (checkpoints/<step>/state) nor converted weights "
         "(fcn_jax_weights.json from python -m fcn_jax.convert)"

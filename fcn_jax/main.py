@@ -1,8 +1,11 @@
 """Front door: python -m fcn_jax.main --config experiments/fcn8s.py --workdir runs/fcn8s [--config.key=value ...]
 
-Initialises jax.distributed when this is one of several processes (TPU pod
-slices and SLURM are detected; elsewhere pass --coordinator_address,
---num_processes and --process_id), then calls train.train_and_evaluate.
+Runs as one process over every local device, or as one of several processes (hosts) of a data-parallel job:
+  - explicit: --coordinator_address=host:port --num_processes=N --process_id=i (launch.sh cpu-procs);
+  - auto-detected: a SLURM job step with several tasks (srun), a GKE TPU slice;
+  - --distributed: jax.distributed.initialize() detects the cluster itself (TPU VM pod slices, Open MPI).
+Every process runs the same program; process 0 alone logs progress and writes metrics, TensorBoard and samples;
+all processes take part in checkpointing (orbax coordinates them). See README, "Scaling out".
 """
 from __future__ import annotations
 
@@ -19,26 +22,41 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, Ten
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total number of processes (multi-process runs).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() and let it detect the cluster (TPU pod slice, SLURM, "
+    "Open MPI), even where this module's own detection sees no multi-process environment.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 
 
 def is_multi_process_env(environ=os.environ) -> bool:
-    """True on a SLURM job step with several tasks or a multi-worker TPU VM slice."""
-    if int(environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_STEP_ID" in environ:
+    """True in a SLURM job step (srun) with several tasks, or on a multi-host GKE TPU slice.
+
+    The SLURM variables are the ones jax's own SLURM detection reads; a batch script outside srun lacks
+    SLURM_STEP_NODELIST, so it is (rightly) a single process.
+    """
+    if all(name in environ for name in _SLURM_VARS) and int(environ["SLURM_NTASKS"] or 1) > 1:
         return True
     return "," in environ.get("TPU_WORKER_HOSTNAMES", "")
 
 
-def initialize_distributed() -> None:
-    import jax
-
-    explicit = [_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value]
-    if any(v is not None for v in explicit):
-        if any(v is None for v in explicit):
-            raise app.UsageError("--coordinator_address, --num_processes and --process_id go together")
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    elif is_multi_process_env():
-        jax.distributed.initialize()  # auto-detects the cluster (SLURM, TPU, ...)
+def distributed_init_kwargs(coordinator_address: str | None, num_processes: int | None, process_id: int | None,
+                            *, force: bool = False, environ=os.environ) -> dict | None:
+    """Arguments for jax.distributed.initialize, {} to let it auto-detect, or None for a single-process run."""
+    explicit = {"coordinator_address": coordinator_address, "num_processes": num_processes, "process_id": process_id}
+    missing = [f"--{name}" for name, value in explicit.items() if value is None]
+    if len(missing) == len(explicit):
+        return {} if force or is_multi_process_env(environ) else None
+    if missing:
+        raise app.UsageError(f"--coordinator_address, --num_processes and --process_id go together; missing "
+                             f"{', '.join(missing)}")
+    host, _, port = coordinator_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise app.UsageError(f"--coordinator_address={coordinator_address!r}: expected host:port")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise app.UsageError(f"--process_id={process_id} is not in [0, --num_processes={num_processes})")
+    return explicit
 
 
 class _QuietLibraries(logging.Filter):
@@ -52,20 +70,22 @@ class _QuietLibraries(logging.Filter):
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    init_kwargs = distributed_init_kwargs(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                          force=_DISTRIBUTED.value)  # bad flags fail before the slow imports
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")  # tf.data only: keep TF off the accelerators JAX uses
-    initialize_distributed()
     import jax
+
+    if init_kwargs is not None:
+        jax.distributed.initialize(**init_kwargs)  # before anything touches a JAX backend
 
     from fcn_jax import train
 
-    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger().setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietLibraries())
-    if jax.process_index() != 0:
-        logging.getLogger().setLevel(logging.WARNING)
     try:
         result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (train.ConfigError, FileNotFoundError, FloatingPointError) as error:

@@ -150,6 +150,15 @@ def test_flip_moves_image_and_label_together():
     assert {flipped for _, _, flipped in windows} == {False, True}
 
 
+@pytest.mark.parametrize("in_size,out_size,start,length", [(7, 23, 0, 23), (13, 6, 0, 6), (375, 719, 200, 500),
+                                                         (500, 251, 3, 248), (11, 11, 2, 5)])
+def test_nearest_indices_match_tf_resize_nearest(in_size, out_size, start, length):
+    column = tf.constant(np.arange(in_size, dtype=np.int32)[:, None, None])
+    resized = tf.image.resize(column, (out_size, 1), method="nearest").numpy()[:, 0, 0]
+    np.testing.assert_array_equal(input_pipeline.nearest_indices(start, length, in_size, out_size).numpy(),
+                                  resized[start:start + length])
+
+
 def test_scale_resizes_label_nearest_and_aligned_with_image():
     # 4x4 blocks: white image / class 1, black / class 2, gray / ignore 255.
     blocks = np.array([[1, 2, 255, 1], [2, 1, 2, 255], [255, 2, 1, 2]], np.uint8)

@@ -1,0 +1,134 @@
+"""Inference latency and images/s: fcn_jax vs the PyTorch reference, in one process, interleaved.
+
+For every case (variant, geometry, input size, batch, dtype) both nets get the same random
+params (benchmarks.common.random_params) and images; the first call of each is checked equal to
+fcn_jax's output (fp32: relative error <= 1e-4, else the case fails) and doubles as the warm-up;
+then the calls alternate. torch runs NCHW (its default) and channels_last (usually faster on
+CPU); the ratio fcn_jax/torch is taken against the faster of the two. FLOPs are XLA's count of
+the compiled fcn_jax forward (2 per multiply-add), the same net torch runs.
+
+  python -m benchmarks.inference [--cases default|quick] [--reps 3] [--out benchmarks/results/inference.json]
+"""
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from benchmarks import common
+from benchmarks.torch_fcn import TorchFCN, load_fcn_jax_params
+from fcn_jax import models
+
+JAX_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}  # bf16: two frameworks round differently, not equal
+FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+# (variant, geometry, size, batch, dtype, reps). Skipped on purpose: batch 8 at 500x500 (8x the
+# ~5-15 s of a 500x500 forward per call on 2 cores) and bf16 at batch 8.
+DEFAULT_CASES = (
+    ("fcn8s", "caffe", 500, 1, "fp32", 3),
+    ("fcn8s", "caffe", 500, 1, "bf16", 2),
+    ("fcn8s", "same", 500, 1, "fp32", 3),
+    ("fcn8s", "same", 500, 1, "bf16", 2),
+    ("fcn8s", "caffe", 224, 1, "fp32", 3),
+    ("fcn8s", "same", 224, 1, "fp32", 3),
+    ("fcn8s", "caffe", 224, 1, "bf16", 2),
+    ("fcn8s", "same", 224, 1, "bf16", 2),
+    ("fcn8s", "caffe", 224, 8, "fp32", 1),
+    ("fcn8s", "same", 224, 8, "fp32", 2),
+    ("fcn32s", "caffe", 224, 1, "fp32", 2),
+    ("fcn16s", "caffe", 224, 1, "fp32", 2),
+    ("fcn8s_atonce", "caffe", 224, 1, "fp32", 2),
+    ("fcn32s", "same", 224, 1, "fp32", 2),
+    ("fcn16s", "same", 224, 1, "fp32", 2),
+    ("fcn8s_atonce", "same", 224, 1, "fp32", 2),
+)
+QUICK_CASES = (
+    ("fcn8s", "caffe", 500, 1, "fp32", 3),
+    ("fcn8s", "same", 224, 1, "fp32", 3),
+)
+
+
+def jax_forward(variant, geometry, dtype, params, images):
+    """(blocking forward fn, compile seconds, FLOPs) of the jitted fcn_jax forward pass."""
+    model = models.create_model(variant, geometry=geometry, dtype=JAX_DTYPES[dtype])
+    params, images = jax.device_put(params), jax.device_put(images)
+    start = time.perf_counter()
+    compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, images).compile()
+    compile_s = time.perf_counter() - start
+    return (lambda: jax.block_until_ready(compiled(params, images))), compile_s, common.compiled_flops(compiled)
+
+
+def torch_forward(variant, geometry, dtype, params, images, memory_format):
+    model = load_fcn_jax_params(TorchFCN(variant, geometry=geometry, dtype=TORCH_DTYPES[dtype]), params)
+    model = model.eval().to(memory_format=memory_format)
+    x = torch.from_numpy(common.nchw(images)).contiguous(memory_format=memory_format)
+
+    def run():
+        with torch.inference_mode():
+            return model(x)
+
+    return run
+
+
+def run_case(variant, geometry, size, batch, dtype, reps, formats):
+    """One row of the report: equality, times, ratios, FLOP/s, memory."""
+    images = common.random_images((batch, size, size, 3))
+    params = common.random_params(models.create_model(variant, geometry=geometry), images.shape)
+    fns = {}
+    fns["fcn_jax"], compile_s, flops = jax_forward(variant, geometry, dtype, params, images)
+    for name in formats:
+        fns[f"torch_{name}"] = torch_forward(variant, geometry, dtype, params, images, FORMATS[name])
+    reference = np.asarray(fns["fcn_jax"]())  # first calls: equality check and warm-up
+    errors = {}
+    for name in fns:
+        if name != "fcn_jax":
+            out = fns[name]().float().numpy().transpose(0, 2, 3, 1)
+            errors[name] = common.relative_error(reference, out)
+            if errors[name] > TOLERANCE[dtype]:
+                raise AssertionError(f"{variant}/{geometry}/{size}/b{batch}/{dtype}: fcn_jax and {name} differ "
+                                     f"(relative error {errors[name]:.2e} > {TOLERANCE[dtype]})")
+    stats = common.interleaved(fns, warmup=0, reps=reps)
+    baseline = min((n for n in fns if n != "fcn_jax"), key=lambda n: stats[n]["median_s"])
+    for s in stats.values():
+        s["images_per_s"] = round(batch / s["median_s"], 3)
+        s["gflops_per_s"] = round(flops / s["median_s"] / 1e9, 1) if flops else None
+    return dict(variant=variant, geometry=geometry, size=size, batch=batch, dtype=dtype, reps=reps,
+                gflop_per_forward=round(flops / 1e9, 2) if flops else None, jax_compile_s=round(compile_s, 2),
+                relative_error_vs_fcn_jax=errors, torch_baseline=baseline,
+                ratio_fcn_jax_over_torch=common.ratios(stats, "fcn_jax", baseline),
+                ratios_vs_each_torch={n: common.ratios(stats, "fcn_jax", n) for n in fns if n != "fcn_jax"},
+                stats=stats, loadavg=[round(x, 2) for x in os.getloadavg()])
+
+
+def print_row(row):
+    s, r = row["stats"], row["ratio_fcn_jax_over_torch"]
+    torch_s = s[row["torch_baseline"]]
+    print(f"{row['variant']:13s} {row['geometry']:5s} {row['size']:4d} b{row['batch']} {row['dtype']}  "
+          f"fcn_jax {s['fcn_jax']['median_s']:7.3f} s  {row['torch_baseline']} {torch_s['median_s']:7.3f} s  "
+          f"ratio {r['median']:.3f} (min {r['min']:.3f})  jax {s['fcn_jax']['gflops_per_s']} GFLOP/s  "
+          f"err {max(row['relative_error_vs_fcn_jax'].values()):.1e}", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", choices=("default", "quick"), default="default")
+    parser.add_argument("--reps", type=int, default=None, help="timed calls per fn (default: per case)")
+    parser.add_argument("--formats", default="nchw,channels_last", help="torch memory formats to time")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    report = {"benchmark": "inference", "torch_threads": common.set_torch_threads(), **common.machine_info()}
+    report["results"] = []
+    for variant, geometry, size, batch, dtype, reps in (DEFAULT_CASES if args.cases == "default" else QUICK_CASES):
+        row = run_case(variant, geometry, size, batch, dtype, args.reps or reps, args.formats.split(","))
+        report["results"].append(row)
+        print_row(row)
+        common.write_report("inference", report, args.out)  # keep what was measured if a later case dies
+
+
+if __name__ == "__main__":
+    main()
