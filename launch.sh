@@ -88,7 +88,7 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 train=(-m fcn_jax.main --config "$config" --workdir "$workdir" "$@")
 # Multi-GPU: let XLA overlap the gradient all-reduce with the backward pass; give XLA 90% of GPU memory
-# (default 75%); NCCL reports problems instead of hanging silently.
+# (default 75%); have NCCL print its warnings and errors (by default it prints nothing). Each is kept if set.
 gpu_env=(
   "XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.90}"
   "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_latency_hiding_scheduler=true"

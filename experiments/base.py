@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.weight_decay = 5e-4        # on kernels only
     config.optim.bias_lr_mult = 2.0         # reference: biases at 2x lr, no decay
     config.optim.schedule = "constant"      # constant | cosine | poly
-    config.optim.warmup_steps = 0
+    config.optim.warmup_steps = 0           # in optimiser updates (= train steps unless grad_accum_steps > 1)
     config.optim.grad_accum_steps = 1       # optax.MultiSteps: effective batch = global batch x this
     config.optim.grad_clip_norm = 0.0       # 0 = off
 

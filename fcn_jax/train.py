@@ -77,10 +77,15 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> 
     return main
 
 
+def num_updates(config: ml_collections.ConfigDict) -> int:
+    """Optimiser updates in a run: with accumulation over k steps, one update every k train steps."""
+    return max(1, config.train.num_steps // config.optim.grad_accum_steps)
+
+
 def create_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
     """SGD-momentum (reference) or Adam/AdamW, per-group lr/decay, frozen upsampling, accumulation."""
     optim = config.optim
-    schedule = learning_rate_schedule(optim, config.train.num_steps)
+    schedule = learning_rate_schedule(optim, num_updates(config))
 
     def group(lr_mult: float, weight_decay: float) -> optax.GradientTransformation:
         lr = lambda count: schedule(count) * lr_mult  # noqa: E731
@@ -380,7 +385,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     writer = Writer(workdir, start_step)
     num_steps = config.train.num_steps
-    schedule = learning_rate_schedule(config.optim, num_steps)
+    schedule = learning_rate_schedule(config.optim, num_updates(config))
     progress = _progress(start_step, num_steps)
     result: dict = {}
     last_good_step = manager.latest_step()

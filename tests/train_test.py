@@ -76,6 +76,9 @@ def test_schedules_and_bad_optimizer():
     schedule = train.learning_rate_schedule(config.optim, 100)
     assert float(schedule(0)) == 0.0 and float(schedule(5)) == pytest.approx(0.5)
     assert float(schedule(10)) == pytest.approx(1.0) and float(schedule(100)) == pytest.approx(0.0, abs=1e-6)
+    config.optim.grad_accum_steps = 4  # the schedule runs over optimiser updates, not micro steps
+    assert train.num_updates(config) == 25
+    config.optim.grad_accum_steps = 1
     config.optim.schedule = "step"
     with pytest.raises(train.ConfigError, match="config.optim.schedule='step'"):
         train.learning_rate_schedule(config.optim, 100)

@@ -1,0 +1,354 @@
+"""Ablation sweeps: train a base config and named variants of it, one workdir each; tabulate and plot.
+
+    python -m fcn_jax.ablate --sweep experiments/ablate_skips.py --workdir runs/ablate [--steps 300] [--processes]
+
+A sweep file defines `get_sweep(num_steps=...) -> (base ConfigDict, [(name, overrides), ...])`, where
+overrides map dotted config keys to values ({"model.variant": "fcn32s"}). `init_from: "@name"` starts a
+variant from an earlier variant's final checkpoint (the paper's staged 32s -> 16s -> 8s training).
+--steps passes num_steps to get_sweep, so the sweep file scales its own eval and checkpoint cadence.
+
+Each variant trains in `workdir/<name>` through `train.train_and_evaluate`, one after another, in this
+process or (--processes) one subprocess each. Rerunning resumes the sweep: a variant is finished when
+it holds DONE.json (written after success) or a checkpoint at num_steps plus its final evaluation, and
+is then not trained again; a half-trained one resumes from its latest checkpoint (train_and_evaluate's
+own resume). A workdir that was trained with another config is an error, not a silent mix.
+
+Outputs: `workdir/results.md` (the paper's table: pixel acc, mean acc, mean IU, fw IU, plus params and
+training throughput) and `workdir/results.png` (final mean IU per variant, mean IU over training).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import re
+import statistics
+import subprocess
+import sys
+from typing import Any
+
+import ml_collections
+
+DONE_FILE = "DONE.json"
+METRICS_FILE = "metrics.jsonl"
+SCORES = (("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"), ("mean_iou", "mean IU"), ("fw_iou", "fw IU"))
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# ----------------------------------------------------------------------------- the sweep definition
+
+
+class SweepError(ValueError):
+    """A sweep file or a workdir that cannot be used; the CLI prints it as one line."""
+
+
+def load_sweep(path: str, num_steps: int | None = None):
+    """(base config, [(name, overrides)]) from a sweep file's get_sweep()."""
+    if not os.path.isfile(path):
+        raise SweepError(f"sweep file {path} does not exist")
+    spec = importlib.util.spec_from_file_location("_fcn_jax_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise SweepError(f"sweep file {path} defines no get_sweep()")
+    return module.get_sweep() if num_steps is None else module.get_sweep(num_steps=num_steps)
+
+
+def apply_overrides(base: ml_collections.ConfigDict, overrides: dict[str, Any], name: str) -> ml_collections.ConfigDict:
+    """A copy of `base` with dotted keys set; an unknown key is an error (a typo must not train the base)."""
+    config = ml_collections.ConfigDict(base.to_dict())
+    for key, value in overrides.items():
+        *parents, field = key.split(".")
+        node = config
+        for parent in parents:
+            if parent not in node or not isinstance(node[parent], ml_collections.ConfigDict):
+                raise SweepError(f"variant {name!r}: unknown config key {key!r}")
+            node = node[parent]
+        if field not in node:
+            raise SweepError(f"variant {name!r}: unknown config key {key!r}")
+        node[field] = value
+    return config
+
+
+def build_variants(base: ml_collections.ConfigDict, overrides: list[tuple[str, dict]], workdir: str):
+    """[(name, description, config)] with `@name` init_from resolved to that earlier variant's workdir."""
+    seen, variants = set(), []
+    for name, changes in overrides:
+        if not _NAME.match(name):
+            raise SweepError(f"variant name {name!r} must be letters, digits, '_', '.', '-' (it names a folder)")
+        if name in seen:
+            raise SweepError(f"variant name {name!r} appears twice in the sweep")
+        config = apply_overrides(base, changes, name)
+        if config.init_from.startswith("@"):
+            parent = config.init_from[1:]
+            if parent not in seen:
+                raise SweepError(f"variant {name!r}: init_from {config.init_from!r} names no earlier variant")
+            config.init_from = os.path.abspath(os.path.join(workdir, parent))
+        description = ", ".join(f"{k}={v}" for k, v in changes.items()) or "(base)"
+        variants.append((name, description, config))
+        seen.add(name)
+    return variants
+
+
+def parent_of(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+    """The sweep variant a config was initialised from, if any."""
+    if config.init_from and os.path.dirname(config.init_from) == os.path.abspath(workdir):
+        return os.path.basename(config.init_from)
+    return None
+
+
+# ----------------------------------------------------------------------------- one variant
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _config_dict(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json())
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new))
+                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def check_same_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """A workdir resumes only under the config that started it (config.json, written by train)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        differences = _differences(json.load(f), _config_dict(config))
+    if differences:
+        raise SweepError(f"{workdir} was trained with another config ({'; '.join(differences[:4])}); "
+                         "use a new --workdir or delete that folder")
+
+
+def count_params(config: ml_collections.ConfigDict) -> int:
+    """Parameter count of the config's model (shapes only, nothing is computed)."""
+    import jax
+    import jax.numpy as jnp
+
+    from fcn_jax import train
+
+    model = train.create_model(config.model)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"])
+    return int(sum(x.size for x in jax.tree.leaves(shapes)))
+
+
+def summarize(workdir: str, num_steps: int) -> dict | None:
+    """Final scores (the evaluation at num_steps) and the median training images/s; None if not there yet."""
+    lines = read_metrics(workdir)
+    final = [r for r in lines if r["split"] != "train" and r["step"] == num_steps]
+    if not final:
+        return None
+    speeds = [r["images_per_s"] for r in lines if r["split"] == "train"]
+    result = {key: final[-1][key] for key, _ in SCORES}
+    result["images_per_s"] = statistics.median(speeds) if speeds else float("nan")  # robust to eval/compile windows
+    return result
+
+
+def finished_result(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+    """The variant's result if it finished under this config: DONE.json, or a final checkpoint + evaluation."""
+    done = os.path.join(workdir, DONE_FILE)
+    if os.path.isfile(done):
+        with open(done) as f:
+            marker = json.load(f)
+        differences = _differences(marker["config"], _config_dict(config))
+        if differences:
+            raise SweepError(f"{workdir} finished with another config ({'; '.join(differences[:4])}); "
+                             "use a new --workdir or delete that folder")
+        return marker["result"]
+    check_same_config(config, workdir)
+    import orbax.checkpoint as ocp
+
+    directory = os.path.join(workdir, "checkpoints")
+    steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
+    if steps and max(steps) >= config.train.num_steps:
+        return summarize(workdir, config.train.num_steps)
+    return None
+
+
+def mark_done(config: ml_collections.ConfigDict, workdir: str, result: dict) -> None:
+    tmp = os.path.join(workdir, DONE_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"config": _config_dict(config), "result": result}, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, DONE_FILE))  # atomic: a half-written marker never counts
+
+
+def run_variant(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train `config` in `workdir` unless it finished there; returns its scores, params and images/s."""
+    from fcn_jax import train
+
+    workdir = os.path.abspath(workdir)
+    result = finished_result(config, workdir)
+    if result is None:
+        train.train_and_evaluate(config, workdir)  # resumes from the latest checkpoint if there is one
+        result = summarize(workdir, config.train.num_steps)
+        if result is None:
+            raise RuntimeError(f"{workdir}: training ended without an evaluation at step {config.train.num_steps}")
+    if "params" not in result:
+        result["params"] = count_params(config)
+    if not os.path.isfile(os.path.join(workdir, DONE_FILE)):
+        mark_done(config, workdir, result)
+    return result
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def run(sweep: str, workdir: str, *, steps: int | None = None, processes: bool = False,
+        only: str | None = None) -> list[dict]:
+    """Run every unfinished variant of the sweep file (or only the one named), then write the results."""
+    base, overrides = load_sweep(sweep, steps)
+    variants = build_variants(base, overrides, workdir)
+    if only is not None:
+        if only not in [name for name, _, _ in variants]:
+            raise SweepError(f"--variant {only!r} is not in {sweep} ({', '.join(n for n, _, _ in variants)})")
+        config = dict((name, config) for name, _, config in variants)[only]
+        return [run_variant(config, os.path.join(workdir, only))]
+    os.makedirs(workdir, exist_ok=True)
+    results = []
+    for index, (name, description, config) in enumerate(variants, start=1):
+        logging.info("variant %d/%d %s: %s", index, len(variants), name, description)
+        variant_dir = os.path.join(workdir, name)
+        if processes and finished_result(config, variant_dir) is None:
+            command = [sys.executable, "-m", "fcn_jax.ablate", "--sweep", sweep, "--workdir", workdir,
+                       "--variant", name] + ([] if steps is None else ["--steps", str(steps)])
+            completed = subprocess.run(command)
+            if completed.returncode:
+                raise RuntimeError(f"variant {name} failed (exit code {completed.returncode}): {' '.join(command)}")
+        results.append(run_variant(config, variant_dir))
+    write_results(variants, results, workdir, title=f"{sweep}, {base.train.num_steps} steps each")
+    return results
+
+
+def total_steps(variants, workdir: str) -> dict[str, int]:
+    """Training steps behind each variant, those of the variants it was initialised from included."""
+    configs = {name: config for name, _, config in variants}
+    totals: dict[str, int] = {}
+    for name, _, config in variants:  # parents come first (build_variants checks it)
+        parent = parent_of(config, workdir)
+        totals[name] = config.train.num_steps + (totals[parent] if parent in configs else 0)
+    return totals
+
+
+def results_table(variants, results: list[dict], workdir: str) -> str:
+    """Markdown table like the paper's, scores in percent."""
+    totals = total_steps(variants, workdir)
+    lines = ["| variant | changes from the base | steps | pixel acc | mean acc | mean IU | fw IU | params | "
+             "train images/s |", "|---|---|---|---|---|---|---|---|---|"]
+    for (name, description, _), result in zip(variants, results):
+        scores = " | ".join(f"{100 * result[key]:.2f}" for key, _ in SCORES)
+        lines.append(f"| {name} | {description} | {totals[name]} | {scores} | {result['params']:,} | "
+                     f"{result['images_per_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def describe_base(config: ml_collections.ConfigDict) -> str:
+    model, data, optim, train_config = config.model, config.data, config.optim, config.train
+    return (f"{model.variant}, {model.geometry} geometry, width {model.width:g}, "
+            f"{'learned' if model.learnable_upsample else 'frozen bilinear'} upsampling; "
+            f"{data.source} data ({data.train_split} -> {data.eval_split}), crops "
+            f"{data.crop_size[0]}x{data.crop_size[1]}, batch {train_config.global_batch_size}; "
+            f"{optim.optimizer} lr {optim.learning_rate:g} ({optim.schedule}), {config.loss_normalization} loss; "
+            f"{train_config.num_steps} steps")
+
+
+def write_results(variants, results: list[dict], workdir: str, title: str) -> tuple[str, str]:
+    """workdir/results.md and workdir/results.png."""
+    base = variants[0][2]
+    text = [f"# Ablations: {title}", "", f"Base: {describe_base(base)}.", "",
+            results_table(variants, results, workdir), "",
+            "Scores (%) on the evaluation split after the last step; steps include those of the variant a run was "
+            "initialised from; train images/s is the median over logging windows.", "",
+            "![results](results.png)", ""]
+    md_path = os.path.join(workdir, "results.md")
+    with open(md_path, "w") as f:
+        f.write("\n".join(text))
+    png_path = os.path.join(workdir, "results.png")
+    plot_results(variants, results, workdir, png_path, title)
+    return md_path, png_path
+
+
+def plot_results(variants, results: list[dict], workdir: str, path: str, title: str) -> None:
+    """Final mean IU per variant (bars) and mean IU over training steps (curves; staged runs continue their parent)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = [name for name, _, _ in variants]
+    figure = Figure(figsize=(13, 0.5 * len(names) + 3))
+    FigureCanvasAgg(figure)
+    bars, curves = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+    values = [100 * r["mean_iou"] for r in results]
+    positions = range(len(names))
+    bars.barh(positions, values, color=[f"C{i % 10}" for i in positions])
+    bars.set_yticks(list(positions), names)
+    bars.invert_yaxis()
+    for y, value in zip(positions, values):
+        bars.text(value, y, f" {value:.1f}", va="center", fontsize="small")
+    bars.set_xlim(0, max(values + [1]) * 1.15)
+    bars.set_xlabel("mean IU (%) after the last step")
+    bars.set_title("final mean IU")
+
+    totals = total_steps(variants, workdir)
+    for i, (name, _, config) in enumerate(variants):
+        evals = [r for r in read_metrics(os.path.join(workdir, name)) if r["split"] != "train"]
+        offset = totals[name] - config.train.num_steps
+        curves.plot([offset + r["step"] for r in evals], [100 * r["mean_iou"] for r in evals],
+                    marker="o", markersize=3, color=f"C{i % 10}", label=name)
+    curves.set_xlabel("training steps (staged runs: counted from the start of their first stage)")
+    curves.set_ylabel("mean IU (%)")
+    curves.set_title("mean IU during training")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize="small", loc="lower right")
+    figure.suptitle(f"Ablations: {title}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m fcn_jax.ablate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep", required=True, help="sweep file defining get_sweep() (experiments/ablate_*.py)")
+    parser.add_argument("--workdir", required=True, help="one folder per variant, results.md and results.png")
+    parser.add_argument("--steps", type=int, help="training steps per variant (passed to get_sweep)")
+    parser.add_argument("--processes", action="store_true", help="train each variant in its own subprocess")
+    parser.add_argument("--variant", help="train only this variant (what --processes runs in each subprocess)")
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be positive, got {args.steps}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from fcn_jax import predict, train
+
+    predict.hide_gpus_from_tensorflow()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax / tfds chatter
+    try:
+        run(args.sweep, args.workdir, steps=args.steps, processes=args.processes, only=args.variant)
+    except (SweepError, train.ConfigError, FileNotFoundError, FloatingPointError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.variant is None:
+        print(f"wrote {os.path.join(args.workdir, 'results.md')} and {os.path.join(args.workdir, 'results.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
