@@ -121,7 +121,7 @@ def load_fcn_jax_params(model: TorchFCN, params) -> TorchFCN:
         for tensor, value in flat.items():
             if tuple(tensor.shape) != value.shape:
                 raise ValueError(f"shape mismatch: torch {tuple(tensor.shape)} vs fcn_jax {value.shape}")
-            tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+            tensor.copy_(torch.from_numpy(np.array(value)))  # a writable copy
     if len(flat) != len(list(model.parameters())):
         raise ValueError(f"filled {len(flat)} of {len(list(model.parameters()))} torch tensors")
     return model

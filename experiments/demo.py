@@ -13,7 +13,7 @@ def get_config():
     config.model.geometry = "same"
     config.model.width = 0.125
     config.model.dropout_rate = 0.0
-    config.model.learnable_upsample = False  # frozen bilinear (reference); halves the step time here
+    config.model.learnable_upsample = False  # frozen bilinear, as in the reference
 
     config.data.source = "synthetic"
     config.data.manual_dir = "data/synthetic_voc"
@@ -33,7 +33,7 @@ def get_config():
     config.optim.warmup_steps = 30
 
     config.train.global_batch_size = 8
-    config.train.num_steps = 600
+    config.train.num_steps = 400
     config.train.log_every = 25
     config.train.eval_every = 200
     config.train.checkpoint_every = 200

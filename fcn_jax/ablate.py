@@ -214,7 +214,7 @@ def run(sweep: str, workdir: str, *, steps: int | None = None, processes: bool =
     if only is not None:
         if only not in [name for name, _, _ in variants]:
             raise SweepError(f"--variant {only!r} is not in {sweep} ({', '.join(n for n, _, _ in variants)})")
-        config = dict((name, config) for name, _, config in variants)[only]
+        config = {name: config for name, _, config in variants}[only]
         return [run_variant(config, os.path.join(workdir, only))]
     os.makedirs(workdir, exist_ok=True)
     results = []
@@ -228,7 +228,7 @@ def run(sweep: str, workdir: str, *, steps: int | None = None, processes: bool =
             if completed.returncode:
                 raise RuntimeError(f"variant {name} failed (exit code {completed.returncode}): {' '.join(command)}")
         results.append(run_variant(config, variant_dir))
-    write_results(variants, results, workdir, title=f"{sweep}, {base.train.num_steps} steps each")
+    write_results(base, variants, results, workdir, title=f"{sweep}, {base.train.num_steps} steps each")
     return results
 
 
@@ -264,13 +264,13 @@ def describe_base(config: ml_collections.ConfigDict) -> str:
             f"{train_config.num_steps} steps")
 
 
-def write_results(variants, results: list[dict], workdir: str, title: str) -> tuple[str, str]:
+def write_results(base: ml_collections.ConfigDict, variants, results: list[dict], workdir: str,
+                  title: str) -> tuple[str, str]:
     """workdir/results.md and workdir/results.png."""
-    base = variants[0][2]
     text = [f"# Ablations: {title}", "", f"Base: {describe_base(base)}.", "",
             results_table(variants, results, workdir), "",
-            "Scores (%) on the evaluation split after the last step; steps include those of the variant a run was "
-            "initialised from; train images/s is the median over logging windows.", "",
+            f"Scores (%) on {base.data.eval_split} after the last step; steps include those of the variant a run "
+            "was initialised from; train images/s is the median over logging windows.", "",
             "![results](results.png)", ""]
     md_path = os.path.join(workdir, "results.md")
     with open(md_path, "w") as f:
@@ -310,7 +310,7 @@ def plot_results(variants, results: list[dict], workdir: str, path: str, title: 
     curves.set_ylabel("mean IU (%)")
     curves.set_title("mean IU during training")
     curves.grid(alpha=0.3)
-    curves.legend(fontsize="small", loc="lower right")
+    curves.legend(fontsize="small", loc="best")
     figure.suptitle(f"Ablations: {title}")
     figure.tight_layout()
     figure.savefig(path, dpi=100)

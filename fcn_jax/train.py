@@ -131,6 +131,15 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.FCN, rng
 # ----------------------------------------------------------------------------- the pure steps
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """True iff every element of every leaf is finite, in one fused pass per leaf.
+
+    x * 0 is 0 for finite x and NaN for inf or NaN (IEEE; XLA does not fold it away), so the sum is
+    finite exactly when all elements are; ~3.5x faster on XLA:CPU than all(isfinite(x)).
+    """
+    return jnp.isfinite(sum(jnp.sum(x * 0) for x in jax.tree.leaves(tree)))
+
+
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_normalization: str,
                num_classes: int) -> tuple[TrainState, dict]:
     """One SGD step on a global batch. A non-finite loss or gradient leaves the state unchanged."""
@@ -142,10 +151,10 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_normaliza
         return loss, (logits, num_valid)
 
     (loss, (logits, num_valid)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    finite = jnp.isfinite(loss) & jnp.all(
-        jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    new_state = state.apply_gradients(grads=grads)
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    finite = jnp.isfinite(loss) & all_finite(grads)
+    # cond, not a select over the whole state: only one branch runs, and the donated state is updated
+    # in place instead of keeping old and new copies alive (benchmarks/train_step.py, BENCHMARKS.md).
+    new_state = jax.lax.cond(finite, lambda s: s.apply_gradients(grads=grads), lambda s: s, state)
     confusion = metrics.confusion_matrix(jnp.argmax(logits, -1), batch["label"], num_classes)
     return new_state, {
         "loss": loss,
@@ -415,6 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 result = evaluate(state.params, eval_source, config, mesh, compiled_eval,
                                   sample_dir=os.path.join(workdir, "samples", f"step_{step:06d}"))
                 writer.write(step, config.data.eval_split, result)
+                window_start = time.time()  # images/s measures training only
                 logging.info("step %d %s: pixel acc %.4f  mean acc %.4f  mean IU %.4f  fw IU %.4f", step,
                              config.data.eval_split, result["pixel_acc"], result["mean_acc"], result["mean_iou"],
                              result["fw_iou"])

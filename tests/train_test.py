@@ -118,6 +118,14 @@ def test_train_step_on_8_devices_equals_1_device():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params_8, params_1)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, None])
+def test_all_finite(bad):
+    tree = {"a": np.ones((3, 2), np.float32), "b": [np.full(4, 1e38, np.float32)]}  # 1e38 * 0 stays finite
+    if bad is not None:
+        tree["b"][0][2] = bad
+    assert bool(train.all_finite(tree)) == (bad is None)
+
+
 def test_non_finite_step_leaves_state_unchanged():
     config = tiny_config()
     state, batch = tiny_state(config), random_batch(config)

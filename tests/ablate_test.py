@@ -1,0 +1,168 @@
+"""ablate.py: a sweep that crashes half-way resumes only its unfinished variant (from its checkpoint), writes the
+paper-style table (numbers from each run's metrics.jsonl) and a plot, and never retrains a finished variant."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import ablate_skips
+from fcn_jax import ablate, train
+
+SWEEP = """
+from experiments import demo
+
+
+def get_sweep(num_steps=2):
+    config = demo.get_config()
+    config.model.width = 1 / 32
+    config.data.crop_size = (32, 32)
+    config.data.manual_dir, config.data.data_dir = {manual_dir!r}, {data_dir!r}
+    config.data.synthetic_train, config.data.synthetic_val = 16, 8
+    config.eval.pad_size = (192, 192)
+    config.optim.update(schedule="constant", warmup_steps=0)
+    config.train.update(num_steps=num_steps, log_every=1, eval_every=1000, checkpoint_every=1000,
+                        async_checkpoint=False)
+    return config, [("fcn32s", {{"model.variant": "fcn32s"}}), ("fcn8s", {{"train.checkpoint_every": 1}})]
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A 2-variant sweep whose second variant crashes in its final evaluation, then is run again to the end.
+
+    The second run goes through --processes, with each "subprocess" run in this process (so calls are counted).
+    """
+    from fcn_jax import synthetic, voc_dataset
+
+    root = tmp_path_factory.mktemp("sweep")
+    manual_dir = synthetic.write_synthetic_voc(str(root / "voc"), num_train=16, num_val=8, seed=0)
+    voc_dataset.prepare(str(root / "tfds"), manual_dir)
+    sweep_file = root / "tiny_sweep.py"
+    sweep_file.write_text(SWEEP.format(manual_dir=manual_dir, data_dir=str(root / "tfds")))
+    workdir = str(root / "runs")
+    real_train, real_evaluate = train.train_and_evaluate, train.evaluate
+    calls = []
+
+    def counting_train(config, variant_workdir):
+        calls.append(os.path.basename(variant_workdir))
+        return real_train(config, variant_workdir)
+
+    def crashing_evaluate(*args, sample_dir=None, **kwargs):
+        if os.sep + "fcn8s" + os.sep in sample_dir and sample_dir.endswith("step_000002"):
+            raise RuntimeError("simulated crash in fcn8s at step 2")
+        return real_evaluate(*args, sample_dir=sample_dir, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "train_and_evaluate", counting_train)
+        patch.setattr(train, "evaluate", crashing_evaluate)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            ablate.run(str(sweep_file), workdir)
+    first_calls, calls[:] = list(calls), []
+    with open(os.path.join(workdir, "fcn8s", "metrics.jsonl")) as f:
+        crashed_metrics = f.read()
+    crashed_steps = sorted(os.listdir(os.path.join(workdir, "fcn8s", "checkpoints")))
+
+    def in_process_subprocess(command):
+        assert command[1:3] == ["-m", "fcn_jax.ablate"]
+        return type("Completed", (), {"returncode": ablate.main(command[3:])})()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "train_and_evaluate", counting_train)
+        patch.setattr(ablate.subprocess, "run", in_process_subprocess)
+        results = ablate.run(str(sweep_file), workdir, processes=True)
+    return {"file": str(sweep_file), "workdir": workdir, "first_calls": first_calls, "resume_calls": list(calls),
+            "crashed_metrics": crashed_metrics, "crashed_steps": crashed_steps, "results": results}
+
+
+def final_eval(workdir, name, num_steps=2):
+    lines = ablate.read_metrics(os.path.join(workdir, name))
+    return [r for r in lines if r["split"] == "voc_val" and r["step"] == num_steps][-1]
+
+
+def test_half_finished_sweep_resumes_only_the_unfinished_variant_from_its_checkpoint(sweep):
+    assert sweep["first_calls"] == ["fcn32s", "fcn8s"]
+    assert sweep["crashed_steps"] == ["1"]  # fcn8s died after its step-1 checkpoint
+    assert sweep["resume_calls"] == ["fcn8s"]  # fcn32s had finished: not trained again
+    workdir = sweep["workdir"]
+    with open(os.path.join(workdir, "fcn8s", "metrics.jsonl")) as f:
+        resumed = f.read()
+    # Resumed at step 1, not retrained from scratch: the step-1 line (with its measured images/s) is kept byte
+    # for byte, and step 2 follows it once.
+    step1 = sweep["crashed_metrics"].splitlines()[0]
+    assert json.loads(step1)["step"] == 1 and resumed.startswith(step1 + "\n")
+    assert [(r["step"], r["split"]) for r in map(json.loads, resumed.splitlines())] == [
+        (1, "train"), (2, "train"), (2, "voc_val")]
+    for name in ("fcn32s", "fcn8s"):
+        with open(os.path.join(workdir, name, ablate.DONE_FILE)) as f:
+            assert json.load(f)["result"]["mean_iou"] == final_eval(workdir, name)["mean_iou"]
+
+
+def test_results_table_and_plot_hold_every_variant(sweep):
+    workdir = sweep["workdir"]
+    with open(os.path.join(workdir, "results.md")) as f:
+        table = [line for line in f if line.startswith("| fcn")]
+    assert [row.split(" | ")[0] for row in table] == ["| fcn32s", "| fcn8s"]
+    params = {"fcn32s": 1_940_587, "fcn8s": 261_805}  # width 1/32, as train_and_evaluate logs them
+    for row, result in zip(table, sweep["results"]):
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        name = cells[0]
+        expected = final_eval(workdir, name)
+        assert cells[3:7] == [f"{100 * expected[k]:.2f}" for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")]
+        assert cells[7] == f"{params[name]:,}" and result["params"] == params[name]
+        speeds = [r["images_per_s"] for r in ablate.read_metrics(os.path.join(workdir, name)) if r["split"] == "train"]
+        assert float(cells[8]) == pytest.approx(np.median(speeds), abs=0.05)
+    assert cells[1] == "train.checkpoint_every=1" and cells[2] == "2"
+    with Image.open(os.path.join(workdir, "results.png")) as image:
+        assert image.format == "PNG" and image.width > 500 and image.height > 200
+        assert np.asarray(image.convert("L")).std() > 10  # drawn, not blank
+
+
+def test_rerun_trains_nothing_and_rewrites_the_same_table(sweep, monkeypatch):
+    with open(os.path.join(sweep["workdir"], "results.md")) as f:
+        before = f.read()
+
+    def fail(*args):
+        raise AssertionError("a finished variant was trained again")
+
+    monkeypatch.setattr(train, "train_and_evaluate", fail)
+    results = ablate.run(sweep["file"], sweep["workdir"])
+    assert results == sweep["results"]
+    with open(os.path.join(sweep["workdir"], "results.md")) as f:
+        assert f.read() == before
+
+
+def test_a_changed_config_is_an_error_not_a_silent_mix(sweep):
+    with pytest.raises(ablate.SweepError, match=r"fcn32s finished with another config \(train.num_steps: 2 -> 3"):
+        ablate.run(sweep["file"], sweep["workdir"], steps=3)
+
+
+def test_default_sweep_covers_the_paper_ablations(tmp_path):
+    base, overrides = ablate.load_sweep("experiments/ablate_skips.py", num_steps=50)
+    variants = ablate.build_variants(base, overrides, str(tmp_path))
+    by_name = {name: config for name, _, config in variants}
+    assert list(by_name) == ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn16s_staged", "fcn8s_staged",
+                             "fcn8s_learned_upsample", "fcn8s_caffe_geometry", "fcn8s_sum_loss"]
+    for config in by_name.values():
+        train.validate_config(config)
+        assert config.train.num_steps == 50 and config.train.eval_every == 10
+        assert config.data.source == "synthetic"  # runs anywhere, no download
+    assert by_name["fcn8s_staged"].init_from == str(tmp_path / "fcn16s_staged")
+    assert by_name["fcn8s_learned_upsample"].model.learnable_upsample
+    assert by_name["fcn8s_caffe_geometry"].model.geometry == "caffe"
+    assert by_name["fcn8s_sum_loss"].loss_normalization == "sum"
+    assert ablate.total_steps(variants, str(tmp_path))["fcn8s_staged"] == 150
+    assert ablate.load_sweep("experiments/ablate_skips.py")[0].train.num_steps == ablate_skips.NUM_STEPS
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([("a", {"model.varient": "fcn32s"})], "variant 'a': unknown config key 'model.varient'"),
+    ([("a", {"init_from": "@b"}), ("b", {})], "variant 'a': init_from '@b' names no earlier variant"),
+    ([("a", {}), ("a", {})], "variant name 'a' appears twice"),
+    ([("a/b", {})], "variant name 'a/b' must be"),
+])
+def test_bad_sweeps_fail_with_one_line(overrides, message, tmp_path):
+    with pytest.raises(ablate.SweepError, match=message) as info:
+        ablate.build_variants(ablate_skips.get_config(), overrides, str(tmp_path))
+    assert "\n" not in str(info.value)

@@ -1,0 +1,222 @@
+"""pipeline.py: image-level labels, the classifier's batching, and a tiny classifier -> FCN -> segment run whose
+report matches what each stage left on disk, and whose rerun trains nothing."""
+import json
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import pipeline_demo
+from fcn_jax import checkpoints, convolutionalize, metrics, parallel, pipeline, train, voc_dataset
+
+WIDTH = 1 / 32
+
+
+def test_largest_object_class_is_the_biggest_region_not_the_biggest_class_area():
+    label = np.zeros((12, 12), np.uint8)
+    label[0:3, 0:3] = 8    # two cats of 9 pixels (18 in all)...
+    label[8:11, 8:11] = 8
+    label[0:4, 6:10] = 12  # ...lose to one dog of 16
+    label[11, :] = label[:, 11] = 255  # 23 ignore pixels: never an object
+    assert pipeline.largest_object_class(label) == 12
+    label[3:6, 3:6] = 8    # a third cat touching the first only at a corner: 4-connected, still 9 each
+    assert pipeline.largest_object_class(label) == 12
+    label[label == 12] = 0
+    assert pipeline.largest_object_class(label) == 8
+    label[6:9, 0:3] = 3    # a 9-pixel bird ties with the 9-pixel cats: the lower class id wins
+    assert pipeline.largest_object_class(label) == 3
+    assert pipeline.largest_object_class(np.full((4, 4), 255, np.uint8)) == 0
+    assert pipeline.largest_object_class(np.zeros((4, 4), np.uint8)) == 0
+
+
+def test_classifier_input_keeps_scale_and_centres_or_shifts():
+    image = np.full((40, 30, 3), (200, 100, 50), np.uint8)
+    centred = pipeline.classifier_input(image, 64, "caffe_bgr")
+    expected = np.array([50, 100, 200], np.float32) - np.array([104.00698793, 116.66876762, 122.67891434], np.float32)
+    inside = np.abs(centred).sum(-1) > 0
+    rows, cols = np.nonzero(inside)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (12, 51, 17, 46)  # 40x30 in the middle, not resized
+    np.testing.assert_allclose(centred[20, 20], expected, rtol=1e-6)
+    shifted = pipeline.classifier_input(image, 64, "caffe_bgr", np.random.default_rng(0))
+    assert (np.abs(shifted).sum(-1) > 0).sum() == 40 * 30
+    large = pipeline.classifier_input(np.zeros((128, 64, 3), np.uint8), 64, "caffe_bgr")  # shrunk to 64x32
+    assert (np.abs(large).sum(-1) > 0).sum() == 64 * 32
+
+
+def test_classifier_predictions_pad_the_last_batch_and_keep_the_order():
+    cfg = pipeline_demo.get_config().classifier
+    cfg.update(batch_size=8)
+    cfg.normalization = "caffe_bgr"
+    model = convolutionalize.VGG16Classifier(num_classes=21, width=WIDTH)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))["params"]
+    rng = np.random.default_rng(0)  # He-scaled random weights and biases: varied predictions, nothing compiled
+    params = jax.tree.map(lambda p: rng.standard_normal(p.shape, np.float32) * np.sqrt(2 / np.prod(p.shape[:-1]))
+                          if len(p.shape) > 1 else 0.1 * rng.standard_normal(p.shape, np.float32), shapes)
+    examples = [(rng.integers(0, 256, (int(rng.integers(60, 200)), int(rng.integers(60, 200)), 3), dtype=np.uint8), 0)
+                for _ in range(9)]  # a full batch of 8 and a padded one
+    mesh = parallel.create_mesh()
+    predicted = pipeline.classifier_predictions(model, parallel.replicate(params, mesh), examples, cfg, mesh)
+    images = np.stack([pipeline.classifier_input(image, 224, "caffe_bgr") for image, _ in examples])
+    direct = np.asarray(jnp.argmax(jax.jit(model.apply)({"params": params}, images), -1)).tolist()
+    assert predicted.tolist() == direct
+    assert len(set(direct)) > 1  # the random classifier tells the images apart, so order matters
+
+
+def test_stage_config_errors(tmp_path):
+    config = pipeline_demo.get_config()
+    config.stages = ("fcn32s", "fcn32s")
+    with pytest.raises(train.ConfigError, match="names a variant twice"):
+        pipeline.fcn_stage_configs(config, str(tmp_path))
+    config.stages = ("fcn32s", "fcn16s", "fcn8s")
+    stages = pipeline.fcn_stage_configs(config, str(tmp_path))
+    assert [(os.path.basename(d), c.model.variant, os.path.basename(c.init_from)) for d, c in stages] == [
+        ("fcn32s", "fcn32s", "convolutionalized"), ("fcn16s", "fcn16s", "fcn32s"), ("fcn8s", "fcn8s", "fcn16s")]
+
+
+# ----------------------------------------------------------------------------- a tiny end-to-end run
+
+
+def tiny_config(root):
+    from fcn_jax import synthetic
+
+    manual_dir = synthetic.write_synthetic_voc(str(root / "voc"), num_train=16, num_val=8, seed=0)
+    config = pipeline_demo.get_config()
+    config.fcn.model.width = WIDTH
+    config.fcn.data.crop_size = (32, 32)
+    config.fcn.data.manual_dir, config.fcn.data.data_dir = manual_dir, str(root / "tfds")
+    config.fcn.data.synthetic_train, config.fcn.data.synthetic_val = 16, 8
+    config.fcn.eval.pad_size = (192, 192)
+    config.fcn.optim.update(schedule="constant", warmup_steps=0)
+    config.fcn.train.update(num_steps=2, log_every=1, eval_every=1000, checkpoint_every=1000, async_checkpoint=False)
+    config.stages = ("fcn8s_atonce",)
+    config.classifier.update(num_steps=3, batch_size=8, log_every=1, checkpoint_every=1000, warmup_steps=0)
+    config.segment.update(num_images=3, pad_multiple=192)  # one padded shape: one compilation
+    return config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The tiny pipeline, crashed once after the classifier's final checkpoint (before it was scored), then rerun."""
+    root = tmp_path_factory.mktemp("pipeline")
+    config = tiny_config(root)
+    workdir = root / "run"
+
+    def crash(*args):
+        raise RuntimeError("simulated crash while scoring the classifier")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "classifier_predictions", crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            pipeline.run_pipeline(config, str(workdir))
+    crashed = {}
+    crashed["checkpoints"] = sorted(os.listdir(workdir / "classifier" / "checkpoints"))
+    crashed["metrics"] = (workdir / "classifier" / "metrics.jsonl").read_text()
+    crashed["result_written"] = (workdir / "classifier" / "result.json").exists()
+    traced = []
+    real_step = pipeline.classifier_train_step
+
+    def traced_step(state, batch):
+        traced.append(1)
+        return real_step(state, batch)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "classifier_train_step", traced_step)
+        results = pipeline.run_pipeline(config, str(workdir))
+    crashed["traced_on_resume"] = len(traced)
+    return config, workdir, results, crashed
+
+
+def test_a_classifier_with_a_finished_checkpoint_is_loaded_not_retrained(run):
+    _, workdir, _, crashed = run
+    assert crashed["checkpoints"] == ["3"] and not crashed["result_written"]
+    assert crashed["traced_on_resume"] == 0  # the train step was never even compiled again
+    lines = (workdir / "classifier" / "metrics.jsonl").read_text()
+    assert lines.startswith(crashed["metrics"])  # steps 1..3 kept as they were, then the score
+    assert [(r["step"], r["split"]) for r in map(json.loads, lines.splitlines())] == [
+        (1, "train"), (2, "train"), (3, "train"), (3, "voc_val")]
+
+
+def test_classifier_is_labelled_by_largest_objects_and_scored_on_val(run):
+    config, workdir, results, _ = run
+    source = voc_dataset.load_split(config.fcn.data.data_dir, "voc_val")
+    examples = pipeline.classifier_examples(source)
+    labels = np.array([label for _, label in examples])
+    assert set(labels) <= {1, 7, 8, 12, 15} and len(examples) == 8  # the synthetic shape classes
+    model = convolutionalize.VGG16Classifier(num_classes=21, width=WIDTH)
+    params = checkpoints.load_params(str(workdir / "classifier"))
+    images = np.stack([pipeline.classifier_input(image, 224, "caffe_bgr") for image, _ in examples])
+    predicted = np.asarray(jnp.argmax(model.apply({"params": params}, images), -1))
+    cls = results["classifier"]
+    assert cls["accuracy"] == pytest.approx(np.mean(predicted == labels))
+    assert cls["majority_accuracy"] == pytest.approx(np.bincount(labels).max() / len(labels))
+    assert cls["steps"] == 3 and cls["num_train_images"] == 16
+
+
+def test_converted_weights_are_the_classifier_in_the_fcn_backbone(run):
+    _, workdir, results, _ = run
+    classifier = checkpoints.load_params(str(workdir / "classifier"))
+    converted = checkpoints.load_params(str(workdir / "convolutionalized"))
+    np.testing.assert_array_equal(converted["backbone"]["conv5_3"]["kernel"], classifier["conv5_3"]["kernel"])
+    fc6 = classifier["fc6"]["kernel"]  # (7*7*C, F) Dense on the (H, W, C)-flattened pool5
+    np.testing.assert_array_equal(converted["backbone"]["fc6"]["kernel"], fc6.reshape(7, 7, -1, fc6.shape[1]))
+    np.testing.assert_array_equal(converted["score_fr"]["kernel"], 0.0)  # fc8 dropped, as in the paper
+    conv = results["convolutionalize"]
+    assert conv["variant"] == "fcn8s_atonce" and conv["unused"] == ["fc8"]
+    assert conv["dense_vs_conv_max_abs_diff"] < 1e-4
+    with open(workdir / "fcn" / "fcn8s_atonce" / "config.json") as f:
+        assert json.load(f)["init_from"] == str(workdir / "convolutionalized")
+
+
+def test_segment_scores_equal_a_recount_of_the_saved_masks(run):
+    _, workdir, results, _ = run
+    seg = results["segment"]
+    assert seg["num_images"] == 3 and len(seg["outputs"]) == 3
+    confusion = np.zeros((21, 21), np.int64)
+    for entry in seg["outputs"]:
+        stem = pathlib.Path(entry["image"]).stem
+        mask = np.asarray(Image.open(workdir / "segment" / "predictions" / f"{stem}.png"))
+        label = voc_dataset.read_voc_label(workdir / "segment" / "heldout" / "labels" / f"{stem}.png")
+        assert mask.shape == label.shape == np.asarray(Image.open(workdir / entry["image"])).shape[:2]
+        assert (workdir / entry["overlay"]).is_file() and (workdir / entry["gt_overlay"]).is_file()
+        confusion += np.asarray(metrics.confusion_matrix(mask, label, 21))
+    expected = metrics.segmentation_metrics(confusion)
+    for key in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou"):
+        assert seg[key] == pytest.approx(expected[key])
+
+
+def test_report_holds_every_stage_and_a_rerun_trains_nothing(run, monkeypatch):
+    config, workdir, results, _ = run
+    report = (workdir / "report.md").read_text()
+    final = [r for r in map(json.loads, open(workdir / "fcn" / "fcn8s_atonce" / "metrics.jsonl"))
+             if r["split"] == "voc_val"][-1]
+    row = "| fcn8s_atonce | `convolutionalized` | 2 | " + " | ".join(
+        f"{100 * final[k]:.2f}" for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou"))
+    assert row in report
+    assert f"**{100 * results['classifier']['accuracy']:.2f}%**" in report
+    assert f"mean IU {100 * results['segment']['mean_iou']:.2f}" in report
+    for entry in results["segment"]["outputs"]:
+        assert f"![]({entry['overlay']})" in report and (workdir / entry["overlay"]).is_file()
+
+    def fail(*args):
+        raise AssertionError("a finished stage ran again")
+
+    for name in ("train_classifier", "segment_images"):
+        monkeypatch.setattr(pipeline, name, fail)
+    monkeypatch.setattr(train, "train_and_evaluate", fail)
+    monkeypatch.setattr(pipeline.pretrained, "save_converted", fail)
+    assert pipeline.run_pipeline(config, str(workdir)) == results
+    assert (workdir / "report.md").read_text() == report
+
+
+def test_cli_flags_parse_overrides():
+    config, workdir = pipeline.parse_flags(["pipeline", "--config", "experiments/pipeline_demo.py",
+                                            "--workdir", "runs/x", "--config.classifier.num_steps=7",
+                                            "--config.stages=('fcn8s_atonce',)"])
+    assert config.classifier.num_steps == 7 and tuple(config.stages) == ("fcn8s_atonce",) and workdir == "runs/x"
+    with pytest.raises(SystemExit, match="num_stepz"):
+        pipeline.parse_flags(["pipeline", "--config", "experiments/pipeline_demo.py", "--workdir", "x",
+                              "--config.classifier.num_stepz=7"])
