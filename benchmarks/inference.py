@@ -20,14 +20,12 @@ import numpy as np
 import torch
 
 from benchmarks import common
-from benchmarks.torch_fcn import TorchFCN, load_fcn_jax_params
+from benchmarks.torch_fcn import FORMATS, TorchFCN, load_fcn_jax_params
 from fcn_jax import models
 
 JAX_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}  # bf16: two frameworks round differently, not equal
-FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-
 # (variant, geometry, size, batch, dtype, reps). Sized for ~6 minutes on an idle 2-core CPU.
 # Skipped on purpose: batch 8 at 500x500 and caffe 224x224 (8x a 2-10 s forward per call, per net),
 # bf16 at batch 8, and the other variants in "same" geometry (their backbone is FCN-8s's).

@@ -18,6 +18,9 @@ from torch import nn
 
 from fcn_jax.models import FC_CHANNELS, VGG16_BLOCKS, scaled_channels
 
+# torch memory formats both benchmarks time; ratios use the faster.
+FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
 SKIPS = {"fcn32s": (), "fcn16s": ("pool4",), "fcn8s": ("pool4", "pool3"),
          "fcn8s_atonce": ("pool4", "pool3")}
 SKIP_UPSCORES = {"pool4": "upscore2", "pool3": "upscore_pool4"}

@@ -22,13 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import common
-from benchmarks.torch_fcn import TorchFCN, load_fcn_jax_params
+from benchmarks.torch_fcn import FORMATS, TorchFCN, load_fcn_jax_params
 from experiments import base
 from fcn_jax import models, train
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-
 # (variant, geometry, crop size, batch, dtype, reps): the reference recipe is 500x500 batch 1.
 DEFAULT_CASES = (
     ("fcn8s", "caffe", 500, 1, "fp32", 1),
