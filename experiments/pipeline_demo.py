@@ -29,6 +29,9 @@ def get_config():
     config.fcn.train.log_every = 25
     config.fcn.optim.warmup_steps = 20
     config.stages = ("fcn32s", "fcn16s", "fcn8s")  # staged as in the paper; ("fcn8s_atonce",) trains at once
+    # One lr per stage; () = config.fcn.optim.learning_rate for each. The reference lowers it as each stage
+    # fine-tunes the one before (1e-10, 1e-12, 1e-14 with its summed loss and SGD).
+    config.stage_learning_rates = ()
 
     config.segment = ml_collections.ConfigDict()
     config.segment.images = ""              # "" = freshly drawn held-out synthetic scenes (with labels)

@@ -228,7 +228,10 @@ def run(sweep: str, workdir: str, *, steps: int | None = None, processes: bool =
             if completed.returncode:
                 raise RuntimeError(f"variant {name} failed (exit code {completed.returncode}): {' '.join(command)}")
         results.append(run_variant(config, variant_dir))
-    write_results(base, variants, results, workdir, title=f"{sweep}, {base.train.num_steps} steps each")
+    command = " ".join(["python -m fcn_jax.ablate --sweep", sweep, "--workdir", workdir]
+                       + ([] if steps is None else ["--steps", str(steps)]))  # --processes: same results
+    write_results(base, variants, results, workdir, title=f"{sweep}, {base.train.num_steps} steps each",
+                  command=command)
     return results
 
 
@@ -265,9 +268,9 @@ def describe_base(config: ml_collections.ConfigDict) -> str:
 
 
 def write_results(base: ml_collections.ConfigDict, variants, results: list[dict], workdir: str,
-                  title: str) -> tuple[str, str]:
-    """workdir/results.md and workdir/results.png."""
-    text = [f"# Ablations: {title}", "", f"Base: {describe_base(base)}.", "",
+                  title: str, command: str) -> tuple[str, str]:
+    """workdir/results.md and workdir/results.png; `command` is the line that reproduces them."""
+    text = [f"# Ablations: {title}", "", f"Made by `{command}`.", "", f"Base: {describe_base(base)}.", "",
             results_table(variants, results, workdir), "",
             f"Scores (%) on {base.data.eval_split} after the last step; steps include those of the variant a run "
             "was initialised from; train images/s is the median over logging windows.", "",
@@ -304,8 +307,10 @@ def plot_results(variants, results: list[dict], workdir: str, path: str, title: 
     for i, (name, _, config) in enumerate(variants):
         evals = [r for r in read_metrics(os.path.join(workdir, name)) if r["split"] != "train"]
         offset = totals[name] - config.train.num_steps
+        # Marker and line style vary with the colour, so equal curves (two stuck at one value) both show.
         curves.plot([offset + r["step"] for r in evals], [100 * r["mean_iou"] for r in evals],
-                    marker="o", markersize=3, color=f"C{i % 10}", label=name)
+                    marker="osD^v"[i % 5], markersize=4, linestyle=("-", "--", "-.", ":")[i % 4],
+                    color=f"C{i % 10}", label=name)
     curves.set_xlabel("training steps (staged runs: counted from the start of their first stage)")
     curves.set_ylabel("mean IU (%)")
     curves.set_title("mean IU during training")

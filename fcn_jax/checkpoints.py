@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 BEST_METRIC = "mean_iou"
@@ -85,12 +86,16 @@ def load_params(path: str) -> dict:
     for directory in (os.path.join(path, "checkpoints"), path):
         steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
         if steps:
-            state_dir = os.path.join(directory, str(max(steps)), "state")
-            checkpointer = ocp.StandardCheckpointer()
-            # A numpy target restores on the host whatever device count / process count saved it
+            state_dir = epath.Path(directory, str(max(steps)), "state")
+            # The handler, not a Checkpointer: "state" is one item of a step, which has no metadata file of
+            # its own. A numpy target restores on the host whatever device / process count saved it
             # (without a target orbax rebuilds the saved shardings and fails on another topology).
-            target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), checkpointer.metadata(state_dir).item_metadata)
-            return checkpointer.restore(state_dir, target)["params"]
+            handler = ocp.StandardCheckpointHandler()
+            try:
+                target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), handler.metadata(state_dir))
+                return handler.restore(state_dir, args=ocp.args.StandardRestore(target))["params"]
+            finally:
+                handler.close()
     raise FileNotFoundError(
         f"{path} holds neither a training checkpoint (checkpoints/<step>/state) nor converted weights "
         "(fcn_jax_weights.json from python -m fcn_jax.convert)"

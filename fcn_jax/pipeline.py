@@ -268,11 +268,16 @@ def fcn_stage_configs(config: ml_collections.ConfigDict, workdir: str) -> list[t
         raise train.ConfigError("config.stages is empty: name at least one FCN variant")
     if len(set(config.stages)) != len(config.stages):
         raise train.ConfigError(f"config.stages={tuple(config.stages)} names a variant twice")
+    rates = tuple(config.stage_learning_rates) or (config.fcn.optim.learning_rate,) * len(config.stages)
+    if len(rates) != len(config.stages):
+        raise train.ConfigError(f"config.stage_learning_rates has {len(rates)} values for "
+                                f"{len(config.stages)} stages {tuple(config.stages)}: give one per stage or ()")
     init_from = os.path.abspath(os.path.join(workdir, "convolutionalized"))
     stages = []
-    for variant in config.stages:
+    for variant, learning_rate in zip(config.stages, rates):
         cfg = ml_collections.ConfigDict(config.fcn.to_dict())
         cfg.model.variant, cfg.init_from = variant, init_from
+        cfg.optim.learning_rate = float(learning_rate)
         init_from = os.path.abspath(os.path.join(workdir, "fcn", variant))
         stages.append((init_from, cfg))
     return stages

@@ -394,7 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     writer = Writer(workdir, start_step)
     num_steps = config.train.num_steps
-    schedule = learning_rate_schedule(config.optim, num_updates(config))
+    schedule = jax.jit(learning_rate_schedule(config.optim, num_updates(config)))  # one compile, not one per op
     progress = _progress(start_step, num_steps)
     result: dict = {}
     last_good_step = manager.latest_step()

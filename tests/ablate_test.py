@@ -102,7 +102,9 @@ def test_half_finished_sweep_resumes_only_the_unfinished_variant_from_its_checkp
 def test_results_table_and_plot_hold_every_variant(sweep):
     workdir = sweep["workdir"]
     with open(os.path.join(workdir, "results.md")) as f:
-        table = [line for line in f if line.startswith("| fcn")]
+        lines = f.readlines()
+    assert f"Made by `python -m fcn_jax.ablate --sweep {sweep['file']} --workdir {workdir}`.\n" in lines
+    table = [line for line in lines if line.startswith("| fcn")]
     assert [row.split(" | ")[0] for row in table] == ["| fcn32s", "| fcn8s"]
     params = {"fcn32s": 1_940_587, "fcn8s": 261_805}  # width 1/32, as train_and_evaluate logs them
     for row, result in zip(table, sweep["results"]):

@@ -75,6 +75,12 @@ def test_stage_config_errors(tmp_path):
     stages = pipeline.fcn_stage_configs(config, str(tmp_path))
     assert [(os.path.basename(d), c.model.variant, os.path.basename(c.init_from)) for d, c in stages] == [
         ("fcn32s", "fcn32s", "convolutionalized"), ("fcn16s", "fcn16s", "fcn32s"), ("fcn8s", "fcn8s", "fcn16s")]
+    assert [c.optim.learning_rate for _, c in stages] == [config.fcn.optim.learning_rate] * 3
+    config.stage_learning_rates = (3e-3, 3e-4, 3e-5)
+    assert [c.optim.learning_rate for _, c in pipeline.fcn_stage_configs(config, str(tmp_path))] == [3e-3, 3e-4, 3e-5]
+    config.stage_learning_rates = (3e-3, 3e-4)
+    with pytest.raises(train.ConfigError, match="2 values for 3 stages"):
+        pipeline.fcn_stage_configs(config, str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- a tiny end-to-end run

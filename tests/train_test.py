@@ -123,7 +123,7 @@ def test_all_finite(bad):
     tree = {"a": np.ones((3, 2), np.float32), "b": [np.full(4, 1e38, np.float32)]}  # 1e38 * 0 stays finite
     if bad is not None:
         tree["b"][0][2] = bad
-    assert bool(train.all_finite(tree)) == (bad is None)
+    assert bool(train.all_finite(jax.tree.map(jnp.asarray, tree))) == (bad is None)  # as under jit
 
 
 def test_non_finite_step_leaves_state_unchanged():
@@ -173,6 +173,17 @@ def test_nan_loss_stops_with_message_and_restorable_checkpoint(data_dirs, tmp_pa
     assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert all(np.isfinite(line["loss"]) for line in lines)
+
+
+def test_logged_learning_rate_is_the_schedule_at_each_update(data_dirs, tmp_path):
+    config = run_config(data_dirs, num_steps=6)
+    config.optim.update(schedule="cosine", warmup_steps=2, grad_accum_steps=2)  # 3 updates: 0, lr/2, lr
+    train.train_and_evaluate(config, str(tmp_path))
+    logged = [(r["step"], r["learning_rate"]) for r in map(json.loads, open(tmp_path / "metrics.jsonl"))
+              if r["split"] == "train"]
+    lr = config.optim.learning_rate
+    assert logged == [(1, 0.0), (2, 0.0), (3, pytest.approx(lr / 2)), (4, pytest.approx(lr / 2)),
+                      (5, pytest.approx(lr)), (6, pytest.approx(lr))]
 
 
 @pytest.mark.parametrize("override, message", [
