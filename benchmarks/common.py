@@ -121,6 +121,19 @@ def ratios(stats: dict, name: str, baseline: str) -> dict:
             "per_round_median": round(statistics.median(per_round), 3)}
 
 
+def compare_to_torch(stats: dict, images: int, flops: float | None) -> dict:
+    """Throughput per entry of `stats` (added in place) and fcn_jax's time ratios against the fastest torch
+    entry and against each one: the common tail of the inference and train-step reports."""
+    for s in stats.values():
+        s["images_per_s"] = round(images / s["median_s"], 3)
+        s["gflops_per_s"] = round(flops / s["median_s"] / 1e9, 1) if flops else None
+    torch_names = [n for n in stats if n != "fcn_jax"]
+    baseline = min(torch_names, key=lambda n: stats[n]["median_s"])
+    return dict(torch_baseline=baseline, ratio_fcn_jax_over_torch=ratios(stats, "fcn_jax", baseline),
+                ratios_vs_each_torch={n: ratios(stats, "fcn_jax", n) for n in torch_names},
+                stats=stats, loadavg=[round(x, 2) for x in os.getloadavg()])
+
+
 def compiled_flops(compiled) -> float | None:
     """FLOPs XLA counts for a compiled computation (2 per multiply-add), or None if it does not say."""
     cost = compiled.cost_analysis()

@@ -11,7 +11,6 @@ the compiled fcn_jax forward (2 per multiply-add), the same net torch runs.
                                  [--formats nchw,channels_last] [--out benchmarks/results/inference.json]
 """
 import argparse
-import os
 import time
 
 import jax
@@ -87,16 +86,9 @@ def run_case(variant, geometry, size, batch, dtype, reps, formats):
                 raise AssertionError(f"{variant}/{geometry}/{size}/b{batch}/{dtype}: fcn_jax and {name} differ "
                                      f"(relative error {errors[name]:.2e} > {TOLERANCE[dtype]})")
     stats = common.interleaved(fns, warmup=0, reps=reps)
-    baseline = min((n for n in fns if n != "fcn_jax"), key=lambda n: stats[n]["median_s"])
-    for s in stats.values():
-        s["images_per_s"] = round(batch / s["median_s"], 3)
-        s["gflops_per_s"] = round(flops / s["median_s"] / 1e9, 1) if flops else None
     return dict(variant=variant, geometry=geometry, size=size, batch=batch, dtype=dtype, reps=reps,
                 gflop_per_forward=round(flops / 1e9, 2) if flops else None, jax_compile_s=round(compile_s, 2),
-                relative_error_vs_fcn_jax=errors, torch_baseline=baseline,
-                ratio_fcn_jax_over_torch=common.ratios(stats, "fcn_jax", baseline),
-                ratios_vs_each_torch={n: common.ratios(stats, "fcn_jax", n) for n in fns if n != "fcn_jax"},
-                stats=stats, loadavg=[round(x, 2) for x in os.getloadavg()])
+                relative_error_vs_fcn_jax=errors, **common.compare_to_torch(stats, batch, flops))
 
 
 def print_row(row):

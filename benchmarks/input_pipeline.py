@@ -18,7 +18,6 @@ Images/s depends on what else runs on the machine (load averages are recorded); 
   python -m benchmarks.input_pipeline [--sources memory array_record] [--out benchmarks/results/input_pipeline.json]
 """
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -29,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from fcn_jax import input_pipeline  # noqa: E402
 
 SHAPES = ((375, 500), (500, 375))
@@ -155,13 +155,9 @@ def main():
         "num_images": args.num_images, "image_shapes": [list(s) for s in SHAPES], "batch": args.batch,
         "batches_timed": args.batches, "warmup_batches": args.warmup, "results": results,
         "machine": {"cpus": os.cpu_count(), "load_avg_1min_before": load_before,
-                    "load_avg_1min_after": os.getloadavg()[0],
                     "platform": platform.platform(), "python": platform.python_version(), "tensorflow": tf.__version__},
     }
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"wrote {args.out}")
+    common.write_report("input_pipeline", record, args.out)  # adds the load average after, loadavg_end
 
 
 if __name__ == "__main__":

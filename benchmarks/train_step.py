@@ -13,7 +13,6 @@ Before timing, one pair at small width without dropout is checked: the params af
 """
 import argparse
 import functools
-import os
 import time
 
 import jax
@@ -132,15 +131,9 @@ def run_case(variant, geometry, size, batch_size, dtype, reps, formats):
     for name in formats:
         fns[f"torch_{name}"] = torch_step(config, params, batch, FORMATS[name])[0]
     stats = common.interleaved(fns, warmup=1, reps=reps)
-    baseline = min((n for n in fns if n != "fcn_jax"), key=lambda n: stats[n]["median_s"])
-    for s in stats.values():
-        s["images_per_s"] = round(batch_size / s["median_s"], 3)
-        s["gflops_per_s"] = round(flops / s["median_s"] / 1e9, 1) if flops else None
     return dict(variant=variant, geometry=geometry, size=size, batch=batch_size, dtype=dtype, reps=reps,
                 gflop_per_step=round(flops / 1e9, 2) if flops else None, jax_compile_s=round(compile_s, 2),
-                torch_baseline=baseline, ratio_fcn_jax_over_torch=common.ratios(stats, "fcn_jax", baseline),
-                ratios_vs_each_torch={n: common.ratios(stats, "fcn_jax", n) for n in fns if n != "fcn_jax"},
-                stats=stats, loadavg=[round(x, 2) for x in os.getloadavg()])
+                **common.compare_to_torch(stats, batch_size, flops))
 
 
 def main():

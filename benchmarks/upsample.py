@@ -9,13 +9,12 @@ Forms (all give Caffe/PyTorch ConvTranspose semantics, checked against each othe
                   kernel, so not usable for learned upsampling; timed as a reference point.
 Shapes are FCN-VGG16's at a 500x500 input in caffe geometry, batch 1, K=21.
 
-  python benchmarks/upsample.py [--reps 20] [--out benchmarks/results/upsample.json]
+  python -m benchmarks.upsample [--reps 20] [--out benchmarks/results/upsample.json]
 
 About 5 minutes on 2 CPU cores, nearly all of it the depthwise form (one call takes 100 s on the
 FCN-32s upscore); --budget_s caps the timing loop per form, not a single call.
 """
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from benchmarks import common
 from fcn_jax.models import bilinear_kernel, transposed_conv
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -108,10 +108,7 @@ def main():
     report = dict(benchmark="upsample", backend=jax.default_backend(),
                   devices=[str(d) for d in jax.devices()][:1], cpu_count=os.cpu_count(),
                   machine=platform.machine(), jax=jax.__version__, results=results)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"wrote {args.out}")
+    common.write_report("upsample", report, args.out)
 
 
 if __name__ == "__main__":
