@@ -57,7 +57,7 @@ def jax_step(config, params, batch):
     model = train.create_model(config.model)
     state = train.TrainState.create(apply_fn=model.apply, params=jax.device_put(params),
                                     tx=train.create_optimizer(config, params))
-    step = functools.partial(train.train_step, loss_normalization=config.loss_normalization,
+    step = functools.partial(train.train_step, loss_reduction=config.loss_reduction,
                              num_classes=config.model.num_classes)
     batch, rng = jax.device_put(batch), jax.random.PRNGKey(0)
     start = time.perf_counter()

@@ -34,5 +34,5 @@ def get_sweep(num_steps: int = NUM_STEPS):
         ("fcn8s_staged", {"model.variant": "fcn8s", "init_from": "@fcn16s_staged"}),
         ("fcn8s_learned_upsample", {"model.learnable_upsample": True}),
         ("fcn8s_caffe_geometry", {"model.geometry": "caffe"}),
-        ("fcn8s_sum_loss", {"loss_normalization": "sum"}),
+        ("fcn8s_sum_loss", {"loss_reduction": "sum"}),
     ]

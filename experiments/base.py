@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.synthetic_val = 60
     config.data.synthetic_seed = 0          # the dataset's own seed (independent of config.seed)
 
-    config.loss_normalization = "sum"       # sum over pixels (reference) | mean over valid pixels
+    config.loss_reduction = "sum"       # sum over pixels (reference) | mean over valid pixels
 
     config.optim = ml_collections.ConfigDict()
     config.optim.optimizer = "sgd"          # sgd | adam | adamw

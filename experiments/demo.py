@@ -24,7 +24,7 @@ def get_config():
     config.data.scale_range = (0.75, 1.25)
     config.data.flip = True
 
-    config.loss_normalization = "mean"
+    config.loss_reduction = "mean"
     config.optim.optimizer = "adam"
     config.optim.learning_rate = 3e-3
     config.optim.weight_decay = 0.0

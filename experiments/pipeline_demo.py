@@ -15,7 +15,7 @@ def get_config():
     config.classifier = ml_collections.ConfigDict()
     config.classifier.input_size = 224     # VGG16Classifier's fc6 needs a 7x7 pool5: 224x224 input
     config.classifier.batch_size = 16      # must divide by the device count
-    config.classifier.num_steps = 400       # from He init: 71.7% val accuracy on the 5 shapes (majority 31.7%)
+    config.classifier.num_steps = 400       # from He init (results: docs/pipeline_demo/report.md)
     config.classifier.learning_rate = 1e-3  # Adam
     config.classifier.schedule = "cosine"
     config.classifier.warmup_steps = 40

@@ -9,9 +9,9 @@ variant from an earlier variant's final checkpoint (the paper's staged 32s -> 16
 
 Each variant trains in `workdir/<name>` through `train.train_and_evaluate`, one after another, in this
 process or (--processes) one subprocess each. Rerunning resumes the sweep: a variant is finished when
-it holds DONE.json (written after success) or a checkpoint at num_steps plus its final evaluation, and
-is then not trained again; a half-trained one resumes from its latest checkpoint (train_and_evaluate's
-own resume). A workdir that was trained with another config is an error, not a silent mix.
+it holds result.json (written by the training loop once it finished) and is then not trained again; a
+half-trained one resumes from its latest checkpoint. A workdir that was trained with another config is an
+error, not a silent mix.
 
 Outputs: `workdir/results.md` (the paper's table: pixel acc, mean acc, mean IU, fw IU, plus params and
 training throughput) and `workdir/results.png` (final mean IU per variant, mean IU over training).
@@ -24,16 +24,15 @@ import json
 import logging
 import os
 import re
-import statistics
 import subprocess
 import sys
 from typing import Any
 
 import ml_collections
 
-DONE_FILE = "DONE.json"
-METRICS_FILE = "metrics.jsonl"
-SCORES = (("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"), ("mean_iou", "mean IU"), ("fw_iou", "fw IU"))
+from fcn_jax import artifacts
+from fcn_jax.constants import SCORES
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -102,105 +101,25 @@ def parent_of(config: ml_collections.ConfigDict, workdir: str) -> str | None:
 # ----------------------------------------------------------------------------- one variant
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _config_dict(config: ml_collections.ConfigDict) -> dict:
-    return json.loads(config.to_json())
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new))
-                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
-def check_same_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """A workdir resumes only under the config that started it (config.json, written by train)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        differences = _differences(json.load(f), _config_dict(config))
-    if differences:
-        raise SweepError(f"{workdir} was trained with another config ({'; '.join(differences[:4])}); "
-                         "use a new --workdir or delete that folder")
-
-
-def count_params(config: ml_collections.ConfigDict) -> int:
-    """Parameter count of the config's model (shapes only, nothing is computed)."""
-    import jax
-    import jax.numpy as jnp
-
-    from fcn_jax import train
-
-    model = train.create_model(config.model)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"])
-    return int(sum(x.size for x in jax.tree.leaves(shapes)))
-
-
-def summarize(workdir: str, num_steps: int) -> dict | None:
-    """Final scores (the evaluation at num_steps) and the median training images/s; None if not there yet."""
-    lines = read_metrics(workdir)
-    final = [r for r in lines if r["split"] != "train" and r["step"] == num_steps]
-    if not final:
-        return None
-    speeds = [r["images_per_s"] for r in lines if r["split"] == "train"]
-    result = {key: final[-1][key] for key, _ in SCORES}
-    result["images_per_s"] = statistics.median(speeds) if speeds else float("nan")  # robust to eval/compile windows
-    return result
-
-
 def finished_result(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
-    """The variant's result if it finished under this config: DONE.json, or a final checkpoint + evaluation."""
-    done = os.path.join(workdir, DONE_FILE)
-    if os.path.isfile(done):
-        with open(done) as f:
-            marker = json.load(f)
-        differences = _differences(marker["config"], _config_dict(config))
-        if differences:
-            raise SweepError(f"{workdir} finished with another config ({'; '.join(differences[:4])}); "
-                             "use a new --workdir or delete that folder")
-        return marker["result"]
-    check_same_config(config, workdir)
-    import orbax.checkpoint as ocp
-
-    directory = os.path.join(workdir, "checkpoints")
-    steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
-    if steps and max(steps) >= config.train.num_steps:
-        return summarize(workdir, config.train.num_steps)
-    return None
-
-
-def mark_done(config: ml_collections.ConfigDict, workdir: str, result: dict) -> None:
-    tmp = os.path.join(workdir, DONE_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"config": _config_dict(config), "result": result}, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, DONE_FILE))  # atomic: a half-written marker never counts
+    """The result of a variant that finished in `workdir` under `config`, None if unfinished; a workdir trained
+    or finished under another config is a SweepError."""
+    config_dict, workdir = json.loads(config.to_json()), os.path.abspath(workdir)
+    try:
+        result = artifacts.read_result(config_dict, workdir)
+        if result is None:
+            artifacts.check_same_config(config_dict, workdir)
+    except artifacts.WorkdirError as error:
+        raise SweepError(str(error)) from None
+    return result
 
 
 def run_variant(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train `config` in `workdir` unless it finished there; returns its scores, params and images/s."""
     from fcn_jax import train
 
-    workdir = os.path.abspath(workdir)
     result = finished_result(config, workdir)
-    if result is None:
-        train.train_and_evaluate(config, workdir)  # resumes from the latest checkpoint if there is one
-        result = summarize(workdir, config.train.num_steps)
-        if result is None:
-            raise RuntimeError(f"{workdir}: training ended without an evaluation at step {config.train.num_steps}")
-    if "params" not in result:
-        result["params"] = count_params(config)
-    if not os.path.isfile(os.path.join(workdir, DONE_FILE)):
-        mark_done(config, workdir, result)
-    return result
+    return train.train_and_evaluate(config, os.path.abspath(workdir)) if result is None else result
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -263,7 +182,7 @@ def describe_base(config: ml_collections.ConfigDict) -> str:
             f"{'learned' if model.learnable_upsample else 'frozen bilinear'} upsampling; "
             f"{data.source} data ({data.train_split} -> {data.eval_split}), crops "
             f"{data.crop_size[0]}x{data.crop_size[1]}, batch {train_config.global_batch_size}; "
-            f"{optim.optimizer} lr {optim.learning_rate:g} ({optim.schedule}), {config.loss_normalization} loss; "
+            f"{optim.optimizer} lr {optim.learning_rate:g} ({optim.schedule}), {config.loss_reduction} loss; "
             f"{train_config.num_steps} steps")
 
 
@@ -305,7 +224,7 @@ def plot_results(variants, results: list[dict], workdir: str, path: str, title: 
 
     totals = total_steps(variants, workdir)
     for i, (name, _, config) in enumerate(variants):
-        evals = [r for r in read_metrics(os.path.join(workdir, name)) if r["split"] != "train"]
+        evals = [r for r in artifacts.read_metrics(os.path.join(workdir, name)) if r["split"] != "train"]
         offset = totals[name] - config.train.num_steps
         # Marker and line style vary with the colour, so equal curves (two stuck at one value) both show.
         curves.plot([offset + r["step"] for r in evals], [100 * r["mean_iou"] for r in evals],
@@ -340,9 +259,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from fcn_jax import predict, train
+    from fcn_jax import train
 
-    predict.hide_gpus_from_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax / tfds chatter
     try:

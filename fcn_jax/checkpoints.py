@@ -8,6 +8,9 @@ tf.data state has to be stored. Restoring goes into an abstract target built
 for the current mesh, so a run may resume on a different device count.
 
 Retention: the `keep` latest checkpoints plus the one with the best mean IU.
+
+This is the only module that drives orbax: training checkpoints, converted weights
+(`save_params` / `load_converted`) and reading params back for init_from, evaluate and predict.
 """
 from __future__ import annotations
 
@@ -20,14 +23,24 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from fcn_jax import artifacts
+
 BEST_METRIC = "mean_iou"
 
 
-def create_manager(directory: str, *, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
-    policy = checkpoint_managers.AnyPreservationPolicy([
-        checkpoint_managers.LatestN(n=keep),
-        checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1, keep_checkpoints_without_metrics=False),
-    ])
+def checkpoint_steps(directory: str) -> list[int]:
+    """Steps of the finished checkpoints in `directory` (none if it does not exist), ascending."""
+    return sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+
+
+def create_manager(directory: str, *, keep: int = 3, async_save: bool = True,
+                   best_metric: str | None = BEST_METRIC) -> ocp.CheckpointManager:
+    """Keeps the `keep` latest checkpoints, plus the best by `best_metric` (None: latest only)."""
+    policies = [checkpoint_managers.LatestN(n=keep)]
+    if best_metric:
+        policies.append(checkpoint_managers.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
+                                                  keep_checkpoints_without_metrics=False))
+    policy = checkpoint_managers.AnyPreservationPolicy(policies)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
         enable_async_checkpointing=async_save,
@@ -38,7 +51,7 @@ def create_manager(directory: str, *, keep: int = 3, async_save: bool = True) ->
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, rng: jax.Array, meta: dict,
          metrics: dict | None = None) -> None:
-    """Save (asynchronously if the manager is async). `metrics` (with mean_iou) ranks the best checkpoint."""
+    """Save (asynchronously if the manager is async). `metrics` ({best_metric: value}) ranks the best checkpoint."""
     manager.save(
         step,
         args=ocp.args.Composite(
@@ -46,7 +59,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, rng: jax.Array, 
             rng=ocp.args.StandardSave({"dropout": rng}),  # Standard* needs a tree, not a bare array
             meta=ocp.args.JsonSave(meta),
         ),
-        metrics=None if metrics is None else {BEST_METRIC: float(metrics[BEST_METRIC])},
+        metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
         force=True,
     )
 
@@ -78,13 +91,11 @@ def load_params(path: str) -> dict:
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"init_from / weights path {path} does not exist or is not a directory")
-    if os.path.isfile(os.path.join(path, "fcn_jax_weights.json")):
-        from fcn_jax import pretrained  # converted weights (python -m fcn_jax.convert)
-
-        params, _ = pretrained.load_converted(path)
+    if os.path.isfile(os.path.join(path, artifacts.WEIGHTS_SIDECAR)):  # converted weights
+        params, _ = load_converted(path)
         return params
-    for directory in (os.path.join(path, "checkpoints"), path):
-        steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
+    for directory in (os.path.join(path, artifacts.CHECKPOINTS_DIR), path):
+        steps = checkpoint_steps(directory)
         if steps:
             state_dir = epath.Path(directory, str(max(steps)), "state")
             # The handler, not a Checkpointer: "state" is one item of a step, which has no metadata file of
@@ -101,3 +112,26 @@ def load_params(path: str) -> dict:
         "(fcn_jax_weights.json from python -m fcn_jax.convert)"
     )
 
+
+def save_params(directory: str, params: dict, metadata: dict) -> None:
+    """Converted weights: DIR/checkpoint (orbax, {'params': params}) and DIR/fcn_jax_weights.json."""
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and os.listdir(directory):
+        raise FileExistsError(f"output directory {directory} is not empty; choose a new one")
+    os.makedirs(directory, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.join(directory, artifacts.WEIGHTS_CHECKPOINT), {"params": params})
+    artifacts.write_json(os.path.join(directory, artifacts.WEIGHTS_SIDECAR), dict(metadata))
+
+
+def load_converted(path: str) -> tuple[dict, dict]:
+    """(params as NumPy arrays, metadata) from a directory written by `save_params`."""
+    path = os.path.abspath(path)
+    sidecar = os.path.join(path, artifacts.WEIGHTS_SIDECAR)
+    if not os.path.isfile(sidecar):
+        raise FileNotFoundError(f"{path} holds no converted weights ({artifacts.WEIGHTS_SIDECAR} missing; "
+                                "see python -m fcn_jax.convert)")
+    metadata = artifacts.read_json(sidecar)
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(os.path.join(path, artifacts.WEIGHTS_CHECKPOINT))
+    return jax.tree.map(np.asarray, restored["params"]), metadata

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fcn_jax import models, pretrained
+from fcn_jax import checkpoints, models, pretrained
+from fcn_jax.constants import NORMALIZATIONS
 
 
 def parse_args(argv):
@@ -29,7 +30,7 @@ def parse_args(argv):
     parser.add_argument("--output", required=True, help="new directory for the converted weights")
     parser.add_argument("--allow_missing", action="store_true",
                         help="partial import: layers missing from the file keep a fresh init, extra ones are dropped")
-    parser.add_argument("--normalization", choices=("caffe_bgr", "imagenet_rgb"), default=None,
+    parser.add_argument("--normalization", choices=NORMALIZATIONS, default=None,
                         help="re-express conv1_1 for this input normalization (default: the file's own)")
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model (1 for real weights)")
     return parser.parse_args(argv)
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
             args.format, args.input, args.variant, args.num_classes, width=args.width,
             allow_missing=args.allow_missing, normalization=args.normalization,
         )
-        pretrained.save_converted(args.output, params, meta)
+        checkpoints.save_params(args.output, params, meta)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
-import functools
 import json
 import math
 import os
-import pathlib
 import sys
 
 import numpy as np
 
-from fcn_jax import input_pipeline, metrics, parallel, predict, train
-
-SCORES = (("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"), ("mean_iou", "mean IU"), ("fw_iou", "fw IU"))
+from fcn_jax import artifacts, image_io, inference, predict
+from fcn_jax.constants import IGNORE_LABEL, SCORES
 
 
 class FolderSource(collections.abc.Sequence):
@@ -46,12 +43,12 @@ class FolderSource(collections.abc.Sequence):
             if not os.path.isdir(directory):
                 raise FileNotFoundError(f"{flag} folder {directory} does not exist")
         self.pairs = []  # (id, image path, label path)
-        for image_path in predict.find_images([images_dir]):
+        for image_path in image_io.find_images([images_dir]):
             stem = os.path.splitext(os.path.basename(image_path))[0]
             label_path = os.path.join(labels_dir, f"{stem}.png")
             if not os.path.isfile(label_path):
                 raise FileNotFoundError(f"no label {label_path} for image {image_path}")
-            image_size, label_size = predict.image_size(image_path), predict.image_size(label_path)
+            image_size, label_size = image_io.image_size(image_path), image_io.image_size(label_path)
             if image_size != label_size:
                 raise ValueError(f"label {label_path} is {label_size[0]}x{label_size[1]} but image {image_path} "
                                  f"is {image_size[0]}x{image_size[1]}")
@@ -61,52 +58,39 @@ class FolderSource(collections.abc.Sequence):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
-        from fcn_jax import voc_dataset  # imports tfds: only when labels are read
-
         stem, image_path, label_path = self.pairs[index]
-        return {"image": predict.read_rgb(image_path),
-                "label": voc_dataset.read_voc_label(pathlib.Path(label_path)), "id": stem}
+        return {"image": image_io.read_rgb(image_path), "label": image_io.read_voc_label(label_path), "id": stem}
 
 
-def evaluate(network: predict.Network, source, *, batch_size: int = 1, pad_multiple: int = 1,
+def evaluate(network: inference.Network, source, *, batch_size: int = 1, pad_multiple: int = 1,
              progress: bool = False) -> dict:
     """Scores of `network` on every example of `source` (segmentation_metrics + loss, num_images, confusion).
 
-    Runs train.eval_step data-parallel over the network's mesh, compiled once per padded batch shape.
+    Runs inference.eval_step data-parallel over the network's mesh, compiled once per padded batch shape.
     """
-    mesh, num_classes = network.mesh, network.num_classes
-    step = functools.partial(train.eval_step, apply_fn=network.model.apply, num_classes=num_classes)
-    replicated = parallel.replicated(mesh)
-    steps = predict.CompiledSteps(step, network, out_shardings={
-        "confusion": replicated, "loss_sum": replicated, "num_valid": replicated,
-        "prediction": parallel.batch_sharded(mesh)})
-    rows = predict.global_batch_size(batch_size, mesh)
-    normalization = network.settings["normalization"]
-    shape_of = lambda example: predict.padded_shape(*example[1].shape, pad_multiple)  # noqa: E731
-    examples = (input_pipeline.read_example(source, i) for i in range(len(source)))  # (image, label, id), checked
-
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    loss_sum, num_valid = 0.0, 0
     from tqdm import tqdm
 
-    with tqdm(total=len(source), desc="evaluate", unit="image", disable=not progress, dynamic_ncols=True) as bar:
-        for group in predict.batches_by_shape(examples, shape_of, rows):
+    steps = inference.eval_steps(network.model.apply, network.num_classes, network.mesh)
+    rows = inference.global_batch_size(batch_size, network.mesh)
+    normalization = network.settings["normalization"]
+    shape_of = lambda example: inference.padded_shape(*example[1].shape, pad_multiple)  # noqa: E731
+    examples = (image_io.check_example(source[i]) for i in range(len(source)))  # (image, label, id), checked
+
+    def batches():
+        for group in inference.batches_by_shape(examples, shape_of, rows):
             shape = shape_of(group[0])
-            batch = {
-                "image": predict.pad_stack([predict.normalize(image, normalization) for image, _, _ in group],
-                                           shape, rows, 0.0, np.float32),
-                "label": predict.pad_stack([label for _, label, _ in group], shape, rows,
-                                           input_pipeline.IGNORE_LABEL, np.int32),
-            }
-            out = steps(batch)
-            stats = parallel.fetch({k: out[k] for k in ("confusion", "loss_sum", "num_valid")})
-            confusion += stats["confusion"]
-            loss_sum += float(stats["loss_sum"])
-            num_valid += int(stats["num_valid"])
-            bar.update(len(group))
-    result = metrics.segmentation_metrics(confusion)
-    result.update(loss=loss_sum / max(num_valid, 1), num_images=len(source), num_pixels=num_valid,
-                  compilations=steps.compilations, confusion=confusion.tolist())
+            yield {"image": inference.pad_stack([inference.normalize(image, normalization) for image, _, _ in group],
+                                                shape, rows, 0.0, np.float32),
+                   "label": inference.pad_stack([label for _, label, _ in group], shape, rows, IGNORE_LABEL,
+                                                np.int32),
+                   "size": len(group)}
+
+    with tqdm(total=len(source), desc="evaluate", unit="image", disable=not progress, dynamic_ncols=True) as bar:
+        scores = inference.score(steps, network.params, batches(), network.num_classes,
+                                 on_batch=lambda out, batch: bar.update(batch["size"]))
+    result = scores.result()
+    result.update(num_images=len(source), num_pixels=scores.num_valid, compilations=steps.compilations,
+                  confusion=scores.confusion.tolist())
     return result
 
 
@@ -123,10 +107,9 @@ def report(result: dict, names: tuple[str, ...]) -> str:
 
 def to_json(result: dict, names: tuple[str, ...], **context) -> str:
     """JSON of the result: per-class IU keyed by class name, NaN (class absent) as null."""
-    clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
-    out = {**context, **{k: clean(v) for k, v in result.items() if k != "per_class_iou"}}
-    out["per_class_iou"] = {name: clean(v) for name, v in zip(names, result["per_class_iou"])}
-    return json.dumps(out, indent=2)
+    out = {**context, **{k: v for k, v in result.items() if k != "per_class_iou"}}
+    out["per_class_iou"] = dict(zip(names, result["per_class_iou"]))
+    return json.dumps(artifacts.json_clean(out), indent=2)
 
 
 def parse_args(argv):
@@ -158,12 +141,11 @@ def load_source(args: argparse.Namespace):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    predict.hide_gpus_from_tensorflow()
     try:
         if args.output and os.path.isdir(args.output):
             raise IsADirectoryError(f"--output {args.output} is a folder; give a file name such as metrics.json")
         source, description = load_source(args)
-        network = predict.load_network(args.weights, predict.overrides(args))
+        network = inference.load_network(args.weights, predict.overrides(args))
         result = evaluate(network, source, batch_size=args.batch_size, pad_multiple=args.pad_multiple,
                           progress=True)
         names = predict.class_names(network.num_classes)

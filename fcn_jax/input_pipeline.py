@@ -25,23 +25,19 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # B, G, R: the reference FCN/VGG16 Caffe mean
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # R, G, B on [0, 1] (torchvision VGG16)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZATIONS = ("caffe_bgr", "imagenet_rgb")
-IGNORE_LABEL = 255
-NUM_CLASSES = 21
+from fcn_jax.constants import CAFFE_BGR_MEAN, IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, check_normalization
+from fcn_jax.image_io import check_example
+
 EVAL_PAD_MULTIPLE = 32  # FCN output strides divide 32, so padded eval shapes stay aligned
+tf.config.set_visible_devices([], "GPU")  # tf.data runs on the host: keep TF off the accelerators JAX uses
 
 
 def normalize(image, mode: str) -> tf.Tensor:
-    """uint8/float RGB (..., 3) -> float32 network input; padding with 0 afterwards means 'mean pixel'."""
-    if mode == "caffe_bgr":  # tf.reverse: several times faster than image[..., ::-1] on CPU
+    """uint8/float RGB (..., 3) -> float32 network input, as inference.normalize does in NumPy."""
+    if check_normalization(mode) == "caffe_bgr":  # tf.reverse: several times faster than image[..., ::-1] on CPU
         return tf.cast(tf.reverse(image, axis=[-1]), tf.float32) - tf.constant(CAFFE_BGR_MEAN, tf.float32)
     image = tf.cast(image, tf.float32)
-    if mode == "imagenet_rgb":
-        return (image / 255.0 - tf.constant(IMAGENET_MEAN, tf.float32)) / tf.constant(IMAGENET_STD, tf.float32)
-    raise ValueError(f"unknown normalization {mode!r}; expected one of {NORMALIZATIONS}")
+    return (image / 255.0 - tf.constant(IMAGENET_MEAN, tf.float32)) / tf.constant(IMAGENET_STD, tf.float32)
 
 
 def stream_index(position, *, global_batch_size: int, process_index: int, process_count: int):
@@ -59,21 +55,8 @@ def shuffled_index(k: tf.Tensor, *, num_examples: int, seed: int) -> tf.Tensor:
 
 
 def read_example(source: Sequence[dict], index: int) -> tuple[np.ndarray, np.ndarray, bytes]:
-    """source[index] as (image, label, id), checked: a bad example fails here with its id, not deep in training."""
-    example = source[int(index)]
-    image, label, example_id = example["image"], example["label"], example["id"]
-    example_id = example_id if isinstance(example_id, bytes) else str(example_id).encode()
-    name = example_id.decode(errors="replace")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"example {name!r}: image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
-    if label.dtype != np.uint8 or label.shape != image.shape[:2]:
-        raise ValueError(f"example {name!r}: label must be uint8 {image.shape[:2]} like its image, "
-                         f"got {label.dtype} {label.shape}")
-    bad = (label >= NUM_CLASSES) & (label != IGNORE_LABEL)
-    if bad.any():
-        raise ValueError(f"example {name!r}: label values {np.unique(label[bad]).tolist()} "
-                         f"outside 0..{NUM_CLASSES - 1} and {IGNORE_LABEL}")
-    return image, label, example_id
+    """source[index] as (image, label, id), checked (image_io.check_example)."""
+    return check_example(source[int(index)])
 
 
 def _read_train(source, index):
@@ -150,8 +133,12 @@ def _offset(u: tf.Tensor, slack: tf.Tensor) -> tf.Tensor:
 def train_dataset(source: Sequence[dict], *, global_batch_size: int, crop_size: tuple[int, int], seed: int,
                   start_step: int = 0, process_index: int = 0, process_count: int = 1,
                   scale_range: tuple[float, float] | None = (0.5, 2.0), flip: bool = True,
-                  normalization: str = "caffe_bgr") -> tf.data.Dataset:
-    """Infinite host-local batches {'image': float32 (B/P, h, w, 3), 'label': int32 (B/P, h, w)} from `start_step`."""
+                  normalization: str = "caffe_bgr", num_steps: int | None = None) -> tf.data.Dataset:
+    """Host-local batches {'image': float32 (B/P, h, w, 3), 'label': int32 (B/P, h, w)} for steps start_step + 1 ..
+
+    num_steps (None: without end). A finite stream lets the parallel readers stop with the last batch instead of
+    reading ahead into batches nobody takes (which an interpreter exit then waits for).
+    """
     _check_process(process_index, process_count)
     if global_batch_size <= 0 or global_batch_size % process_count:
         raise ValueError(f"global batch size {global_batch_size} is not a positive multiple of the "
@@ -179,7 +166,9 @@ def train_dataset(source: Sequence[dict], *, global_batch_size: int, crop_size: 
                                crop_size=crop_size, scale_range=scale_range, flip=flip, normalization=normalization)
         return {"image": image, "label": label}
 
-    dataset = tf.data.Dataset.counter(start_step * local_batch).map(element, num_parallel_calls=tf.data.AUTOTUNE)
+    positions = (tf.data.Dataset.counter(start_step * local_batch) if num_steps is None else
+                 tf.data.Dataset.range(start_step * local_batch, max(num_steps, start_step) * local_batch))
+    dataset = positions.map(element, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 

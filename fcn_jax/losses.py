@@ -2,16 +2,17 @@
 
 The reference trains with the loss *summed* over valid pixels (``normalize: false``)
 and a tiny learning rate; the usual modern recipe averages over valid pixels
-instead. Both are offered through ``normalization``.
+instead. Both are offered through ``reduction``.
 """
 import jax
 import jax.numpy as jnp
 
-IGNORE_LABEL = 255  # VOC object borders and padding
-NORMALIZATIONS = ("sum", "mean")
+from fcn_jax.constants import IGNORE_LABEL
+
+REDUCTIONS = ("sum", "mean")
 
 
-def pixel_cross_entropy(logits, labels, *, normalization: str = "mean",
+def pixel_cross_entropy(logits, labels, *, reduction: str = "mean",
                         ignore_label: int = IGNORE_LABEL) -> tuple[jax.Array, jax.Array]:
     """Softmax cross entropy over classes for every labelled pixel.
 
@@ -19,7 +20,7 @@ def pixel_cross_entropy(logits, labels, *, normalization: str = "mean",
       logits: (N, H, W, K) scores, any float dtype; computed in float32 so bf16
         activations do not lose precision in the log-sum-exp.
       labels: (N, H, W) int class ids in [0, K), or ``ignore_label``.
-      normalization: "sum" (reference Caffe: summed over valid pixels) or "mean"
+      reduction: "sum" (reference Caffe: summed over valid pixels) or "mean"
         (averaged over valid pixels; 0, not NaN, when there are none).
       ignore_label: pixels with this label contribute exactly zero loss and zero
         gradient, whatever their logits are (even inf or NaN).
@@ -32,8 +33,8 @@ def pixel_cross_entropy(logits, labels, *, normalization: str = "mean",
       (loss, num_valid): float32 scalar and int32 count of non-ignored pixels (so
       data-parallel callers can re-normalise a global sum themselves).
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise ValueError(f"logits must be floating point, got dtype {logits.dtype}")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -54,6 +55,6 @@ def pixel_cross_entropy(logits, labels, *, normalization: str = "mean",
 
     total = jnp.sum(per_pixel)
     num_valid = jnp.sum(valid, dtype=jnp.int32)
-    if normalization == "mean":
+    if reduction == "mean":
         total = total / jnp.maximum(num_valid, 1).astype(jnp.float32)
     return total, num_valid

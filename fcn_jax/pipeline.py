@@ -20,87 +20,20 @@ import json
 import logging
 import os
 import pathlib
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-import scipy.ndimage
-from flax import traverse_util
 from PIL import Image
 
-from fcn_jax import ablate, checkpoints, convolutionalize, metrics, parallel, predict, pretrained, train, visualize
+from fcn_jax import artifacts, checkpoints, convolutionalize as cv, image_io, inference, loop, metrics, parallel, \
+    predict, train, visualize
+from fcn_jax.constants import SCORES
 
-IGNORE_LABEL = 255
-RESULT_FILE = "result.json"
 STAGES = ("classifier", "convolutionalize", "fcn", "segment")
-
-
-# ----------------------------------------------------------------------------- image-level labels and inputs
-
-
-def largest_object_class(label: np.ndarray) -> int:
-    """The class of the largest object in a label mask: its biggest 4-connected region of one class.
-
-    Background (0) and ignore (255) are never objects; 0 when there is none. Ties go to the lower class id.
-    A region, not a class's total area: two small cats lose to one larger dog.
-    """
-    best_class, best_size = 0, 0
-    for value in np.unique(label):
-        if value in (0, IGNORE_LABEL):
-            continue
-        regions, count = scipy.ndimage.label(label == value)
-        size = int(np.bincount(regions.ravel(), minlength=count + 1)[1:].max())
-        if size > best_size:
-            best_class, best_size = int(value), size
-    return best_class
-
-
-def classifier_input(image: np.ndarray, size: int, normalization: str,
-                     rng: np.random.Generator | None = None) -> np.ndarray:
-    """uint8 (H, W, 3) -> float32 (size, size, 3): normalised, shrunk only if larger, placed on a mean canvas.
-
-    Images are not enlarged, so objects keep the scale the FCN later sees. With `rng` (training) the
-    image lands at a random position and is flipped half the time; without it, it is centred.
-    """
-    height, width = image.shape[:2]
-    scale = min(1.0, size / max(height, width))
-    if scale < 1.0:
-        height, width = max(1, round(height * scale)), max(1, round(width * scale))
-        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-    x = predict.normalize(image, normalization)
-    if rng is None:
-        top, left = (size - height) // 2, (size - width) // 2
-    else:
-        top, left = int(rng.integers(0, size - height + 1)), int(rng.integers(0, size - width + 1))
-        if rng.random() < 0.5:
-            x = x[:, ::-1]
-    canvas = np.zeros((size, size, 3), np.float32)  # 0 = the mean pixel after normalisation
-    canvas[top:top + height, left:left + width] = x
-    return canvas
-
-
-def classifier_examples(source) -> list[tuple[np.ndarray, int]]:
-    """(image, class of the largest object) for every example of a segmentation source."""
-    examples = []
-    for index in range(len(source)):
-        example = source[index]
-        examples.append((example["image"], largest_object_class(example["label"])))
-    return examples
-
-
-def classifier_batch(examples, step: int, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-    """Training batch `step`: a pure function of (seed, step), so a resumed run sees the same batches."""
-    rng = np.random.default_rng((cfg.seed, step))
-    indices = rng.choice(len(examples), cfg.batch_size, replace=len(examples) < cfg.batch_size)
-    return {"image": np.stack([classifier_input(examples[i][0], cfg.input_size, cfg.normalization, rng)
-                               for i in indices]),
-            "label": np.asarray([examples[i][1] for i in indices], np.int32)}
 
 
 # ----------------------------------------------------------------------------- stage 1: the classifier
@@ -117,144 +50,69 @@ def classifier_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
     return cfg
 
 
-def he_initialised(params: dict, rng: jax.Array) -> dict:
-    """Kernels drawn from N(0, 2 / fan_in) (He et al. 2015), biases and the last layer (fc8) zero.
+def classifier_job(cfg: ml_collections.ConfigDict, fcn_config: ml_collections.ConfigDict, mesh) -> loop.Job:
+    """The classifier's data, He-initialised state and final evaluation (accuracy on the eval split)."""
+    train_source, eval_source = train.load_sources(fcn_config)
+    train_examples, eval_examples = cv.classifier_examples(train_source), cv.classifier_examples(eval_source)
+    model = cv.VGG16Classifier(num_classes=cfg.num_classes, width=cfg.width)
+    tx = optax.adam(train.learning_rate_schedule(cfg, cfg.num_steps))
+    image_shape = (cfg.batch_size, cfg.input_size, cfg.input_size, 3)
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
-    Flax's default LeCun scaling (1 / fan_in) halves the activation variance at every ReLU, 2^-15 over
-    VGG16's 15 layers, and the net then hardly trains from scratch in a few hundred steps. He scaling keeps
-    the variance; a zero fc8 starts from uniform class probabilities.
-    """
-    flat = traverse_util.flatten_dict(params)
-    out = {}
-    for key, (path, value) in zip(jax.random.split(rng, len(flat)), flat.items()):
-        if path[-1] == "kernel" and path[0] != "fc8":
-            fan_in = int(np.prod(value.shape[:-1]))
-            out[path] = jax.random.normal(key, value.shape, value.dtype) * np.sqrt(2.0 / fan_in)
-        else:
-            out[path] = jnp.zeros_like(value)
-    return traverse_util.unflatten_dict(out)
+    def init(rng):
+        init_rng, he_rng = jax.random.split(rng)
+        params = cv.he_initialised(model.init(init_rng, jnp.zeros((1, *image_shape[1:])))["params"], he_rng)
+        return train.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
+    def batches(start_step: int):
+        return (cv.classifier_batch(train_examples, step, cfg) for step in range(start_step + 1, cfg.num_steps + 1))
 
-def classifier_train_step(state: train.TrainState, batch: dict) -> tuple[train.TrainState, dict]:
-    def loss_fn(params):
-        logits = state.apply_fn({"params": params}, batch["image"])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), logits
+    truth = np.asarray([label for _, label in eval_examples])
+    counts = np.bincount(truth, minlength=cfg.num_classes)
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return state.apply_gradients(grads=grads), {"loss": loss, "accuracy": accuracy}
+    def evaluate(params, step: int) -> dict:
+        predicted = cv.classifier_predictions(model, params, eval_examples, cfg, mesh)
+        return {"accuracy": float(np.mean(predicted == truth)),
+                "majority_accuracy": float(counts.max() / counts.sum()),  # always answering the commonest class
+                "num_eval_images": len(eval_examples), "num_train_images": len(train_examples)}
 
-
-def classifier_predictions(model, params, examples, cfg, mesh) -> np.ndarray:
-    """Predicted classes of the centred examples, in batches of the mesh's size (last batch padded)."""
-    rows = predict.global_batch_size(cfg.batch_size, mesh)
-    step = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), -1),
-                   out_shardings=parallel.replicated(mesh))
-    predictions = []
-    for start in range(0, len(examples), rows):
-        chunk = [classifier_input(image, cfg.input_size, cfg.normalization)
-                 for image, _ in examples[start:start + rows]]
-        images = np.zeros((rows, cfg.input_size, cfg.input_size, 3), np.float32)
-        images[:len(chunk)] = chunk
-        out = step(params, parallel.host_to_global({"image": images}, mesh)["image"])
-        predictions.append(parallel.fetch(out)[:len(chunk)])
-    return np.concatenate(predictions)
+    return loop.Job(
+        state=jax.jit(init, out_shardings=replicated)(train.init_key(cfg.seed)),
+        rng=jax.device_put(jax.random.PRNGKey(cfg.seed), replicated), step_fn=cv.classifier_train_step,
+        abstract_batch={"image": jax.ShapeDtypeStruct(image_shape, jnp.float32, sharding=sharded),
+                        "label": jax.ShapeDtypeStruct(image_shape[:1], jnp.int32, sharding=sharded)},
+        batches=batches, batch_size=cfg.batch_size, mesh=mesh, log_keys=("loss", "accuracy"), evaluate=evaluate,
+        eval_split=cfg.data.eval_split)
 
 
-def _classifier_manager(directory: str) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.join(directory, "checkpoints"), options=options, item_names=("state",))
-
-
-def train_classifier(config: ml_collections.ConfigDict, directory: str) -> dict:
-    """Train (or finish training) the classifier in `directory`; returns its validation accuracy and speed."""
+def classifier_stage(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Stage 1: train (or finish, or read back) the classifier in workdir/classifier."""
     cfg = classifier_config(config)
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        f.write(cfg.to_json(indent=2))
-    train_source, eval_source = train.load_sources(config.fcn)
-    train_examples, eval_examples = classifier_examples(train_source), classifier_examples(eval_source)
-
     mesh = parallel.create_mesh()
     try:
         parallel.check_batch_size(cfg.batch_size, mesh)
     except ValueError as error:
         raise train.ConfigError(f"config.classifier.batch_size: {error}") from None
-    model = convolutionalize.VGG16Classifier(num_classes=cfg.num_classes, width=cfg.width)
-    tx = optax.adam(train.learning_rate_schedule(cfg, cfg.num_steps))
-    image_shape = (1, cfg.input_size, cfg.input_size, 3)
-    replicated = parallel.replicated(mesh)
-
-    def init(rng):
-        init_rng, he_rng = jax.random.split(rng)
-        params = he_initialised(model.init(init_rng, jnp.zeros(image_shape))["params"], he_rng)
-        return train.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-
-    state = jax.jit(init, out_shardings=replicated)(train.init_key(cfg.seed))
-    manager = _classifier_manager(directory)
-    if manager.latest_step() is not None:
-        state = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(checkpoints.abstract_like(state)))).state
-        logging.info("classifier: resumed from %s at step %d", directory, manager.latest_step())
-    start_step = int(parallel.fetch(state.step))
-
-    step_fn = jax.jit(classifier_train_step, out_shardings=(replicated, replicated), donate_argnums=(0,))
-    writer = train.Writer(directory, start_step)
-    window_start, window_images = time.time(), 0
-    try:
-        for step in range(start_step + 1, cfg.num_steps + 1):
-            batch = parallel.host_to_global(classifier_batch(train_examples, step, cfg), mesh)
-            state, step_metrics = step_fn(state, batch)
-            window_images += cfg.batch_size
-            if step % cfg.log_every == 0 or step == cfg.num_steps:
-                values = {k: float(v) for k, v in parallel.fetch(step_metrics).items()}
-                values["images_per_s"] = window_images / max(time.time() - window_start, 1e-9)
-                writer.write(step, "train", values)
-                logging.info("classifier step %d: loss %.4f, batch accuracy %.3f", step, values["loss"],
-                             values["accuracy"])
-                window_start, window_images = time.time(), 0
-            if step % cfg.checkpoint_every == 0 or step == cfg.num_steps:
-                manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-        predicted = classifier_predictions(model, state.params, eval_examples, cfg, mesh)
-        truth = np.asarray([label for _, label in eval_examples])
-        accuracy = float(np.mean(predicted == truth))
-        writer.write(cfg.num_steps, cfg.data.eval_split, {"accuracy": accuracy})
-    finally:
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
-    speeds = [r["images_per_s"] for r in ablate.read_metrics(directory) if r["split"] == "train"]
-    counts = np.bincount(truth, minlength=cfg.num_classes)
-    return {
-        "accuracy": accuracy,
-        "majority_accuracy": float(counts.max() / counts.sum()),  # always answering the commonest class
-        "num_eval_images": len(eval_examples),
-        "num_train_images": len(train_examples),
-        "eval_split": cfg.data.eval_split,
-        "steps": cfg.num_steps,
-        "images_per_s": statistics.median(speeds) if speeds else float("nan"),
-        "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
-    }
-
-
-def classifier_stage(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Stage 1: workdir/classifier. Finished once it holds result.json (then nothing is trained)."""
+    cadence = loop.Cadence(num_steps=cfg.num_steps, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                           keep_checkpoints=1, async_checkpoint=False)
     directory = os.path.join(workdir, "classifier")
-    ablate.check_same_config(classifier_config(config), directory)
-    return _cached(directory, lambda: train_classifier(config, directory))
-
-
-def _cached(directory: str, compute) -> dict:
-    """result.json of `directory` if present, else compute() written there atomically."""
-    path = os.path.join(directory, RESULT_FILE)
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    result = compute()
     os.makedirs(directory, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
+    try:
+        return loop.run(json.loads(cfg.to_json()), directory, cadence, lambda: classifier_job(cfg, config.fcn, mesh),
+                        name="classifier")
+    except artifacts.WorkdirError as error:
+        raise train.ConfigError(str(error)) from None
+
+
+def _cached(directory: str, config: ml_collections.ConfigDict, compute) -> dict:
+    """The stored result of `directory` if it finished under `config`, else compute() stored there."""
+    config_dict = json.loads(config.to_json())
+    try:
+        result = artifacts.read_result(config_dict, directory)
+    except artifacts.WorkdirError as error:
+        raise train.ConfigError(str(error)) from None
+    if result is None:
+        result = artifacts.write_result(config_dict, directory, compute())
     return result
 
 
@@ -283,34 +141,21 @@ def fcn_stage_configs(config: ml_collections.ConfigDict, workdir: str) -> list[t
     return stages
 
 
-def dense_vs_convolutional(classifier_params, images: np.ndarray, cfg) -> float:
-    """Max |Dense classifier logits - ConvolutionalVGG16 scores| on 224x224 inputs (1x1 score maps)."""
-    dense = convolutionalize.VGG16Classifier(num_classes=cfg.num_classes, width=cfg.width)
-    conv = convolutionalize.ConvolutionalVGG16(num_classes=cfg.num_classes, width=cfg.width)
-    logits = jax.jit(lambda p, x: dense.apply({"params": p}, x))(classifier_params, images)
-    scores = jax.jit(lambda p, x: conv.apply({"params": p}, x))(
-        convolutionalize.convolutionalize_params(classifier_params), images)
-    return float(jnp.max(jnp.abs(scores[:, 0, 0] - logits)))
-
-
 def convolutionalize_stage(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Stage 2: workdir/convolutionalized, converted weights of the first FCN stage (fcn_jax_weights.json)."""
     directory = os.path.abspath(os.path.join(workdir, "convolutionalized"))
-    sidecar = os.path.join(directory, pretrained.SIDECAR)
+    sidecar = os.path.join(directory, artifacts.WEIGHTS_SIDECAR)
     if os.path.isfile(sidecar):
-        with open(sidecar) as f:
-            return json.load(f)
+        return artifacts.read_json(sidecar)
     cfg = classifier_config(config)
     classifier_dir = os.path.abspath(os.path.join(workdir, "classifier"))
     classifier_params = checkpoints.load_params(classifier_dir)
     model_config = fcn_stage_configs(config, workdir)[0][1].model
-    model = train.create_model(model_config)
-    template = jax.device_get(jax.jit(lambda rng: model.init(rng, jnp.zeros((1, 32, 32, 3)))["params"])(
-        train.init_key(config.fcn.seed)))
-    params = jax.device_get(convolutionalize.fcn_params_from_classifier(classifier_params, template))
+    template = inference.init_params(train.create_model(model_config), train.init_key(config.fcn.seed))
+    params = jax.device_get(cv.fcn_params_from_classifier(classifier_params, template))
 
     _, eval_source = train.load_sources(config.fcn)
-    images = np.stack([classifier_input(eval_source[i]["image"], cfg.input_size, cfg.normalization)
+    images = np.stack([cv.classifier_input(eval_source[i]["image"], cfg.input_size, cfg.normalization)
                        for i in range(min(4, len(eval_source)))])
     loaded = [f"backbone/{name}" for name in params["backbone"]]
     meta = {
@@ -318,14 +163,14 @@ def convolutionalize_stage(config: ml_collections.ConfigDict, workdir: str) -> d
         "num_classes": model_config.num_classes, "width": model_config.width, "geometry": model_config.geometry,
         "dtype": model_config.dtype, "normalization": cfg.normalization,
         "loaded": loaded, "new": sorted(name for name in params if name != "backbone"), "unused": ["fc8"],
-        "dense_vs_conv_max_abs_diff": dense_vs_convolutional(classifier_params, images, cfg),
+        "dense_vs_conv_max_abs_diff": cv.dense_vs_convolutional(classifier_params, images, cfg),
     }
     tmp = directory + ".tmp"
     if os.path.isdir(tmp):  # a save killed half-way
         import shutil
 
         shutil.rmtree(tmp)
-    pretrained.save_converted(tmp, params, meta)
+    checkpoints.save_params(tmp, params, meta)
     os.replace(tmp, directory)
     return meta
 
@@ -338,7 +183,7 @@ def fcn_stage(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     results = []
     for stage_dir, cfg in fcn_stage_configs(config, workdir):
         logging.info("FCN stage %s, init_from %s", cfg.model.variant, cfg.init_from)
-        result = ablate.run_variant(cfg, stage_dir)
+        result = train.train_and_evaluate(cfg, stage_dir)
         results.append({"variant": cfg.model.variant, "init_from": os.path.relpath(cfg.init_from, workdir),
                         "steps": cfg.train.num_steps, **result})
     return results
@@ -362,12 +207,12 @@ def write_heldout_scenes(directory: str, num_images: int, seed: int) -> tuple[st
     return images_dir, labels_dir
 
 
-def segment_images(network: predict.Network, images_dir: str, labels_dir: str | None, output: str,
+def segment_images(network: inference.Network, images_dir: str, labels_dir: str | None, output: str,
                    workdir: str, cfg: ml_collections.ConfigDict) -> dict:
     """Masks and overlays of every image in images_dir; with labels, the scores and ground-truth overlays."""
-    from fcn_jax import evaluate, voc_dataset
+    from fcn_jax import evaluate
 
-    paths = predict.find_images([images_dir])
+    paths = image_io.find_images([images_dir])
     labels = {}
     if labels_dir:
         labels = {stem: label_path for stem, _, label_path in evaluate.FolderSource(images_dir, labels_dir).pairs}
@@ -375,15 +220,15 @@ def segment_images(network: predict.Network, images_dir: str, labels_dir: str | 
     names = predict.class_names(network.num_classes)
     confusion = np.zeros((network.num_classes,) * 2, np.int64)
     outputs = []
-    for path, image, mask in predict.segment(network, ((p, predict.read_rgb(p)) for p in paths),
-                                             batch_size=cfg.batch_size, pad_multiple=cfg.pad_multiple):
+    for path, image, mask in inference.segment(network, ((p, image_io.read_rgb(p)) for p in paths),
+                                               batch_size=cfg.batch_size, pad_multiple=cfg.pad_multiple):
         predict.write_outputs(output, path, image, mask, names, figure=False)
         stem = os.path.splitext(os.path.basename(path))[0]
         entry = {"image": os.path.relpath(path, workdir),
                  "overlay": os.path.relpath(os.path.join(output, f"{stem}_overlay.jpg"), workdir),
                  "classes": [names[c] for c in np.unique(mask) if c != 0]}
         if stem in labels:
-            label = voc_dataset.read_voc_label(pathlib.Path(labels[stem]))
+            label = image_io.read_voc_label(labels[stem])
             image_confusion = np.asarray(metrics.confusion_matrix(mask, label, network.num_classes), np.int64)
             confusion += image_confusion
             entry["pixel_acc"] = float(np.trace(image_confusion) / max(image_confusion.sum(), 1))
@@ -395,7 +240,7 @@ def segment_images(network: predict.Network, images_dir: str, labels_dir: str | 
     result = {"num_images": len(paths), "images": os.path.relpath(images_dir, workdir), "outputs": outputs}
     if labels:
         scores = metrics.segmentation_metrics(confusion)
-        result.update({k: scores[k] for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")})
+        result.update({k: scores[k] for k, _ in SCORES})
     return result
 
 
@@ -410,11 +255,11 @@ def segment_stage(config: ml_collections.ConfigDict, workdir: str) -> dict:
             images_dir, labels_dir = cfg.images, cfg.labels or None
         else:
             images_dir, labels_dir = write_heldout_scenes(os.path.join(directory, "heldout"), cfg.num_images, cfg.seed)
-        network = predict.load_network(weights)
+        network = inference.load_network(weights)
         result = segment_images(network, images_dir, labels_dir, os.path.join(directory, "predictions"), workdir, cfg)
         return {"weights": os.path.relpath(weights, workdir), **result}
 
-    return _cached(directory, compute)
+    return _cached(directory, cfg, compute)
 
 
 # ----------------------------------------------------------------------------- the whole pipeline and its report
@@ -449,9 +294,9 @@ def report(config: ml_collections.ConfigDict, results: dict) -> str:
         "# From a classifier to segmentation", "",
         "## 1. Classifier (`classifier/`)", "",
         f"VGG16Classifier at width {cfg.width:g} ({cls['params']:,} params), {cfg.input_size}x{cfg.input_size} input, "
-        f"trained {cls['steps']} steps (batch {cfg.batch_size}, Adam lr {cfg.learning_rate:g}) on the "
+        f"trained {cfg.num_steps} steps (batch {cfg.batch_size}, Adam lr {cfg.learning_rate:g}) on the "
         f"{cls['num_train_images']} images of {cfg.data.train_split}, each labelled with the class of its "
-        f"largest object. Accuracy on {cls['eval_split']} ({cls['num_eval_images']} images): "
+        f"largest object. Accuracy on {cfg.data.eval_split} ({cls['num_eval_images']} images): "
         f"**{_percent(cls['accuracy'])}%** (always answering the commonest class: "
         f"{_percent(cls['majority_accuracy'])}%); {cls['images_per_s']:.1f} train images/s.", "",
         "## 2. Convolutionalized (`convolutionalized/`)", "",
@@ -465,7 +310,7 @@ def report(config: ml_collections.ConfigDict, results: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for stage in fcn:
-        scores = " | ".join(_percent(stage[k]) for k, _ in ablate.SCORES)
+        scores = " | ".join(_percent(stage[k]) for k, _ in SCORES)
         lines.append(f"| {stage['variant']} | `{stage['init_from']}` | {stage['steps']} | {scores} | "
                      f"{stage['images_per_s']:.1f} |")
     lines += ["", f"Scores (%) on {config.fcn.data.eval_split} after each stage's last step.", "",
@@ -473,7 +318,7 @@ def report(config: ml_collections.ConfigDict, results: dict) -> str:
               f"{seg['num_images']} images from `{seg['images']}`, segmented by `{seg['weights']}`."]
     if "mean_iou" in seg:
         lines.append("Scores on them (%): " + ", ".join(f"{label} {_percent(seg[key])}"
-                                                          for key, label in ablate.SCORES) + ".")
+                                                          for key, label in SCORES) + ".")
     lines += ["", "| image | prediction | ground truth | pixel acc | classes predicted |", "|---|---|---|---|---|"]
     for entry in seg["outputs"]:
         gt = f"![]({entry['gt_overlay']})" if "gt_overlay" in entry else ""
@@ -509,7 +354,6 @@ def parse_flags(argv: list[str]) -> tuple[ml_collections.ConfigDict, str]:
 
 def main(argv=None) -> int:
     config, workdir = parse_flags(sys.argv if argv is None else ["pipeline", *argv])
-    predict.hide_gpus_from_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax / tfds chatter
     try:

@@ -31,29 +31,25 @@ in both, and the two means differ by < 1 grey level, so outputs near the
 border move by a tiny amount.
 
 Converted weights are an orbax checkpoint {'params': params} plus a JSON
-sidecar (`save_converted` / `load_converted`), usable as a training
-`config.init_from` and by evaluate/predict.
+sidecar (`checkpoints.save_params` / `checkpoints.load_converted`), usable as a
+training `config.init_from` and by evaluate/predict.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Mapping, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from fcn_jax import caffe_proto, models, torch_pickle
+from fcn_jax import caffe_proto, inference, torch_pickle
+from fcn_jax.constants import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, check_normalization
 
 FORMATS = ("caffe", "torchvision", "pytorch_fcn")
 NORMALIZATION_OF_FORMAT = {"caffe": "caffe_bgr", "torchvision": "imagenet_rgb", "pytorch_fcn": "caffe_bgr"}
-SIDECAR = "fcn_jax_weights.json"
-CHECKPOINT_DIR = "checkpoint"
 
 BACKBONE_LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
                    "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3", "fc6", "fc7")
@@ -218,14 +214,10 @@ def _metadata(fmt: str, path: str) -> dict:
 
 def _normalization_affine(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(A, c) with network input x = A @ rgb + c for an RGB pixel in 0..255."""
-    from fcn_jax import input_pipeline as ip  # the one definition of the normalisations
-
-    if name == "caffe_bgr":
-        return np.eye(3)[::-1], -np.asarray(ip.CAFFE_BGR_MEAN)
-    if name == "imagenet_rgb":
-        std = np.asarray(ip.IMAGENET_STD)
-        return np.diag(1 / (255 * std)), -np.asarray(ip.IMAGENET_MEAN) / std
-    raise ValueError(f"unknown normalization {name!r}; expected one of {ip.NORMALIZATIONS}")
+    if check_normalization(name) == "caffe_bgr":
+        return np.eye(3)[::-1], -np.asarray(CAFFE_BGR_MEAN)
+    std = np.asarray(IMAGENET_STD)
+    return np.diag(1 / (255 * std)), -np.asarray(IMAGENET_MEAN) / std
 
 
 def change_normalization(params: dict, source: str, target: str) -> dict:
@@ -314,11 +306,8 @@ def merge_params(template: Mapping, loaded: Mapping, strict: bool = True) -> tup
 
 def model_template(variant: str, num_classes: int, width: float = 1.0, initialise: bool = False, seed: int = 0):
     """The param tree of `variant` (caffe geometry): shapes only, or freshly initialised values."""
-    model = models.create_model(variant, num_classes=num_classes, width=width, geometry="caffe")
-    images = jnp.zeros((1, 1, 1, 3), jnp.float32)  # caffe geometry accepts any size: 1x1 is cheapest
-    init = lambda rng: model.init(rng, images)["params"]  # noqa: E731
-    rng = jax.random.PRNGKey(seed)
-    return jax.device_get(jax.jit(init)(rng)) if initialise else jax.eval_shape(init, rng)
+    model = inference.create_model(variant, num_classes=num_classes, width=width, geometry="caffe")
+    return inference.init_params(model, jax.random.PRNGKey(seed) if initialise else None, image_size=1)
 
 
 def convert(
@@ -362,28 +351,3 @@ def format_report(meta: Mapping) -> str:
     if meta["unused"]:
         lines.append(f"  unused, not in the model ({len(meta['unused'])}): {', '.join(meta['unused'])}")
     return "\n".join(lines)
-
-
-def save_converted(directory: str, params: dict, metadata: Mapping) -> None:
-    """Writes DIR/checkpoint (orbax, {'params': params}) and DIR/fcn_jax_weights.json."""
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and os.listdir(directory):
-        raise FileExistsError(f"output directory {directory} is not empty; choose a new one")
-    os.makedirs(directory, exist_ok=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.join(directory, CHECKPOINT_DIR), {"params": params})
-    with open(os.path.join(directory, SIDECAR), "w") as f:
-        json.dump(dict(metadata), f, indent=2)
-
-
-def load_converted(path: str) -> tuple[dict, dict]:
-    """(params as NumPy arrays, metadata) from a directory written by `save_converted`."""
-    path = os.path.abspath(path)
-    sidecar = os.path.join(path, SIDECAR)
-    if not os.path.isfile(sidecar):
-        raise FileNotFoundError(f"{path} holds no converted weights ({SIDECAR} missing; see python -m fcn_jax.convert)")
-    with open(sidecar) as f:
-        metadata = json.load(f)
-    with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(os.path.join(path, CHECKPOINT_DIR))
-    return jax.tree.map(np.asarray, restored["params"]), metadata

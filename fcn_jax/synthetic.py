@@ -31,7 +31,8 @@ import scipy.ndimage
 from PIL import Image
 from tqdm import tqdm
 
-from fcn_jax.voc_dataset import SBD_DIR, VOC_DIR, VOC_PALETTE
+from fcn_jax.constants import SBD_DIR, VOC_DIR
+from fcn_jax.image_io import VOC_PALETTE
 
 # (VOC class id, shape, hue of its colour family)
 SHAPE_CLASSES = (

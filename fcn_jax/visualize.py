@@ -8,11 +8,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
-IGNORE_LABEL = 255
+from fcn_jax.constants import IGNORE_LABEL, VOC_CLASSES  # noqa: F401  (VOC_CLASSES: the names of the palette's ids)
 
 
 def voc_palette() -> np.ndarray:

@@ -42,7 +42,6 @@ import argparse
 import collections.abc
 import dataclasses
 import importlib.resources
-import io
 import logging
 import pathlib
 import re
@@ -50,14 +49,10 @@ import re
 import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from fcn_jax.visualize import voc_palette
-
-NUM_CLASSES = 21
-IGNORE_LABEL = 255
-VOC_DIR = "VOCdevkit/VOC2012"
-SBD_DIR = "benchmark_RELEASE/dataset"
+from fcn_jax import input_pipeline  # noqa: F401  (imported first: it keeps TF off the accelerators)
+from fcn_jax.constants import SBD_DIR, VOC_DIR
+from fcn_jax.image_io import BadExampleError, check_label_values, decode, read_voc_label
 TRAIN_SPLITS = ("voc_train", "sbd_train", "sbd_train_no_seg11valid")
 EVAL_SPLITS = ("voc_val", "sbd_val", "seg11valid")
 SPLITS = TRAIN_SPLITS + EVAL_SPLITS
@@ -68,13 +63,6 @@ LAYOUT = (
 )
 
 log = logging.getLogger(__name__)
-
-
-class BadExampleError(ValueError):
-    """One example on disk is unusable; the message names the file."""
-
-
-VOC_PALETTE = voc_palette()  # the devkit colour map, shared with visualize
 
 
 # ---------------------------------------------------------------- id lists
@@ -117,16 +105,6 @@ def seg11valid_ids(voc_val: list[str], sbd_train: list[str]) -> tuple[list[str],
 # ---------------------------------------------------------------- readers
 
 
-def _decode(data: bytes, path: pathlib.Path) -> Image.Image:
-    """Decodes fully, so truncated files fail here, not in training."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BadExampleError(f"{path}: cannot decode image ({e})") from e
-    return image
-
-
 def read_image(path: pathlib.Path) -> tuple[bytes | np.ndarray, tuple[int, int]]:
     """What tfds stores for the image, and its (height, width).
 
@@ -134,47 +112,11 @@ def read_image(path: pathlib.Path) -> tuple[bytes | np.ndarray, tuple[int, int]]
     converted to RGB and re-encoded by tfds.
     """
     data = path.read_bytes()
-    image = _decode(data, path)
+    image = decode(data, path)
     size = (image.height, image.width)
     if image.format == "JPEG" and image.mode == "RGB":
         return data, size
     return np.asarray(image.convert("RGB")), size
-
-
-def check_label_values(label: np.ndarray, path: pathlib.Path) -> np.ndarray:
-    """The label as uint8, if every value is a class id or the ignore label."""
-    values = np.unique(label)
-    bad = values[(values < 0) | ((values >= NUM_CLASSES) & (values != IGNORE_LABEL))]
-    if bad.size:
-        raise BadExampleError(
-            f"{path}: label values {bad.tolist()} outside 0..{NUM_CLASSES - 1} and {IGNORE_LABEL}"
-        )
-    return label.astype(np.uint8)
-
-
-def read_voc_label(path: pathlib.Path) -> np.ndarray:
-    """(H, W) uint8 class ids: the raw palette indices of a VOC label PNG."""
-    image = _decode(path.read_bytes(), path)
-    if image.mode != "P":
-        hint = (
-            " (colours, not class ids: map each colour to its index in the VOC palette"
-            " and save as a palette PNG)" if image.mode in ("RGB", "RGBA") else ""
-        )
-        raise BadExampleError(
-            f"{path}: label PNG has mode {image.mode!r}, expected a palette ('P') PNG "
-            f"whose indices are VOC class ids{hint}"
-        )
-    label = np.asarray(image, np.uint8)
-    palette = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)
-    used = np.unique(label)
-    known = used[used < len(palette)]
-    wrong = np.setdiff1d(used, known[(palette[known] == VOC_PALETTE[known]).all(axis=1)])
-    if wrong.size:
-        raise BadExampleError(
-            f"{path}: palette colours of indices {wrong.tolist()} differ from the VOC palette,"
-            " so the indices may not be class ids"
-        )
-    return check_label_values(label, path)
 
 
 def read_sbd_label(path: pathlib.Path) -> np.ndarray:

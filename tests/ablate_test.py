@@ -1,5 +1,5 @@
 """ablate.py: a sweep that crashes half-way resumes only its unfinished variant (from its checkpoint), writes the
-paper-style table (numbers from each run's metrics.jsonl) and a plot, and never retrains a finished variant."""
+paper-style table (numbers from each run's result) and a plot, and never retrains a finished variant."""
 import json
 import os
 
@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from experiments import ablate_skips
-from fcn_jax import ablate, train
+from fcn_jax import ablate, artifacts, train
 
 SWEEP = """
 from experiments import demo
@@ -42,21 +42,21 @@ def sweep(tmp_path_factory):
     sweep_file = root / "tiny_sweep.py"
     sweep_file.write_text(SWEEP.format(manual_dir=manual_dir, data_dir=str(root / "tfds")))
     workdir = str(root / "runs")
-    real_train, real_evaluate = train.train_and_evaluate, train.evaluate
+    real_train, real_validate = train.train_and_evaluate, train.validate
     calls = []
 
     def counting_train(config, variant_workdir):
         calls.append(os.path.basename(variant_workdir))
         return real_train(config, variant_workdir)
 
-    def crashing_evaluate(*args, sample_dir=None, **kwargs):
-        if os.sep + "fcn8s" + os.sep in sample_dir and sample_dir.endswith("step_000002"):
+    def crashing_validate(params, step, *, workdir, **kwargs):
+        if os.path.basename(workdir) == "fcn8s" and step == 2:
             raise RuntimeError("simulated crash in fcn8s at step 2")
-        return real_evaluate(*args, sample_dir=sample_dir, **kwargs)
+        return real_validate(params, step, workdir=workdir, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "train_and_evaluate", counting_train)
-        patch.setattr(train, "evaluate", crashing_evaluate)
+        patch.setattr(train, "validate", crashing_validate)
         with pytest.raises(RuntimeError, match="simulated crash"):
             ablate.run(str(sweep_file), workdir)
     first_calls, calls[:] = list(calls), []
@@ -77,13 +77,13 @@ def sweep(tmp_path_factory):
 
 
 def final_eval(workdir, name, num_steps=2):
-    lines = ablate.read_metrics(os.path.join(workdir, name))
+    lines = artifacts.read_metrics(os.path.join(workdir, name))
     return [r for r in lines if r["split"] == "voc_val" and r["step"] == num_steps][-1]
 
 
 def test_half_finished_sweep_resumes_only_the_unfinished_variant_from_its_checkpoint(sweep):
     assert sweep["first_calls"] == ["fcn32s", "fcn8s"]
-    assert sweep["crashed_steps"] == ["1"]  # fcn8s died after its step-1 checkpoint
+    assert sweep["crashed_steps"] == ["1", "2"]  # fcn8s died in its step-2 evaluation, its step-2 checkpoint kept
     assert sweep["resume_calls"] == ["fcn8s"]  # fcn32s had finished: not trained again
     workdir = sweep["workdir"]
     with open(os.path.join(workdir, "fcn8s", "metrics.jsonl")) as f:
@@ -95,7 +95,7 @@ def test_half_finished_sweep_resumes_only_the_unfinished_variant_from_its_checkp
     assert [(r["step"], r["split"]) for r in map(json.loads, resumed.splitlines())] == [
         (1, "train"), (2, "train"), (2, "voc_val")]
     for name in ("fcn32s", "fcn8s"):
-        with open(os.path.join(workdir, name, ablate.DONE_FILE)) as f:
+        with open(os.path.join(workdir, name, artifacts.RESULT_FILE)) as f:
             assert json.load(f)["result"]["mean_iou"] == final_eval(workdir, name)["mean_iou"]
 
 
@@ -113,7 +113,7 @@ def test_results_table_and_plot_hold_every_variant(sweep):
         expected = final_eval(workdir, name)
         assert cells[3:7] == [f"{100 * expected[k]:.2f}" for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")]
         assert cells[7] == f"{params[name]:,}" and result["params"] == params[name]
-        speeds = [r["images_per_s"] for r in ablate.read_metrics(os.path.join(workdir, name)) if r["split"] == "train"]
+        speeds = [r["images_per_s"] for r in artifacts.read_metrics(os.path.join(workdir, name)) if r["split"] == "train"]
         assert float(cells[8]) == pytest.approx(np.median(speeds), abs=0.05)
     assert cells[1] == "train.checkpoint_every=1" and cells[2] == "2"
     with Image.open(os.path.join(workdir, "results.png")) as image:
@@ -153,7 +153,7 @@ def test_default_sweep_covers_the_paper_ablations(tmp_path):
     assert by_name["fcn8s_staged"].init_from == str(tmp_path / "fcn16s_staged")
     assert by_name["fcn8s_learned_upsample"].model.learnable_upsample
     assert by_name["fcn8s_caffe_geometry"].model.geometry == "caffe"
-    assert by_name["fcn8s_sum_loss"].loss_normalization == "sum"
+    assert by_name["fcn8s_sum_loss"].loss_reduction == "sum"
     assert ablate.total_steps(variants, str(tmp_path))["fcn8s_staged"] == 150
     assert ablate.load_sweep("experiments/ablate_skips.py")[0].train.num_steps == ablate_skips.NUM_STEPS
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from fcn_jax import caffe_proto, checkpoints, convert, models, pretrained
+from fcn_jax import artifacts, caffe_proto, checkpoints, convert, models, pretrained
 from pretrained_test import FIXTURES, WIDTH, caffe_fcn_layers
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -34,11 +34,11 @@ def test_convert_writes_params_and_sidecar(tmp_path, capsys):
     assert "loaded (21): backbone/conv1_1, backbone/conv1_2" in printed
     assert "expects input normalization caffe_bgr" in printed
 
-    params, meta = pretrained.load_converted(str(out))
+    params, meta = checkpoints.load_converted(str(out))
     expected, _ = pretrained.load_caffemodel(path)
     jax.tree.map(np.testing.assert_array_equal, params, expected)
     assert all(isinstance(x, np.ndarray) and x.dtype == np.float32 for x in jax.tree.leaves(params))
-    sidecar = json.loads((out / pretrained.SIDECAR).read_text())
+    sidecar = json.loads((out / artifacts.WEIGHTS_SIDECAR).read_text())
     assert sidecar == meta
     keys = ("format", "variant", "num_classes", "width", "geometry", "normalization", "source")
     assert {k: meta[k] for k in keys} == {
@@ -76,7 +76,7 @@ def test_convert_backbone_only_with_allow_missing(tmp_path, capsys):
     assert ("fresh init, not in the file (6): score_fr, score_pool3, score_pool4, upscore2, upscore8, upscore_pool4"
             in printed)
     assert "unused, not in the model (1): fc8" in printed
-    params, meta = pretrained.load_converted(str(out))
+    params, meta = checkpoints.load_converted(str(out))
     assert meta["normalization"] == "imagenet_rgb" and meta["format"] == "torchvision"
     loaded, _ = pretrained.load_pth(path)
     jax.tree.map(np.testing.assert_array_equal, params["backbone"], loaded["backbone"])
@@ -90,7 +90,7 @@ def test_convert_can_change_the_input_normalization(tmp_path):
     path = os.path.join(FIXTURES, "pytorch_fcn8s_tiny.pth")
     out = tmp_path / "rgb"
     assert convert.main(_args("pytorch_fcn", path, "fcn8s", out, "--normalization", "imagenet_rgb")) == 0
-    params, meta = pretrained.load_converted(str(out))
+    params, meta = checkpoints.load_converted(str(out))
     assert meta["normalization"] == "imagenet_rgb"
     original, _ = pretrained.load_pth(path)
     expected = pretrained.change_normalization(original, "caffe_bgr", "imagenet_rgb")
@@ -110,7 +110,7 @@ def test_convert_bad_inputs_give_one_line(tmp_path, capsys):
     assert convert.main(_args("pytorch_fcn", path, "fcn32s", tmp_path / "o3")) == 1  # a caffemodel given as .pth
     assert "is not a PyTorch .pth file" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="fcn_jax_weights.json missing"):
-        pretrained.load_converted(str(tmp_path))
+        checkpoints.load_converted(str(tmp_path))
 
 
 def test_module_entry_point(tmp_path):

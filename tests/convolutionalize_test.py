@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import pipeline_demo
 from fcn_jax import convolutionalize as cv
-from fcn_jax import models
+from fcn_jax import models, parallel
 
 WIDTH = 1 / 16  # 4..32 conv channels, 256 fc channels; the geometry stays VGG16's
 CLASSES = 10
@@ -157,3 +158,53 @@ def test_fcn_params_from_classifier_is_strict():
     cv.fcn_params_from_classifier(other_classes, template)  # fc8 unused: fine
     with pytest.raises(ValueError, match=r"score_fr/.*\(21,?\)"):
         cv.fcn_params_from_classifier(other_classes, template, use_fc8=True)
+
+
+def test_largest_object_class_is_the_biggest_region_not_the_biggest_class_area():
+    label = np.zeros((12, 12), np.uint8)
+    label[0:3, 0:3] = 8    # two cats of 9 pixels (18 in all)...
+    label[8:11, 8:11] = 8
+    label[0:4, 6:10] = 12  # ...lose to one dog of 16
+    label[11, :] = label[:, 11] = 255  # 23 ignore pixels: never an object
+    assert cv.largest_object_class(label) == 12
+    label[3:6, 3:6] = 8    # a third cat touching the first only at a corner: 4-connected, still 9 each
+    assert cv.largest_object_class(label) == 12
+    label[label == 12] = 0
+    assert cv.largest_object_class(label) == 8
+    label[6:9, 0:3] = 3    # a 9-pixel bird ties with the 9-pixel cats: the lower class id wins
+    assert cv.largest_object_class(label) == 3
+    assert cv.largest_object_class(np.full((4, 4), 255, np.uint8)) == 0
+    assert cv.largest_object_class(np.zeros((4, 4), np.uint8)) == 0
+
+
+def test_classifier_input_keeps_scale_and_centres_or_shifts():
+    image = np.full((40, 30, 3), (200, 100, 50), np.uint8)
+    centred = cv.classifier_input(image, 64, "caffe_bgr")
+    expected = np.array([50, 100, 200], np.float32) - np.array([104.00698793, 116.66876762, 122.67891434], np.float32)
+    inside = np.abs(centred).sum(-1) > 0
+    rows, cols = np.nonzero(inside)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (12, 51, 17, 46)  # 40x30 in the middle, not resized
+    np.testing.assert_allclose(centred[20, 20], expected, rtol=1e-6)
+    shifted = cv.classifier_input(image, 64, "caffe_bgr", np.random.default_rng(0))
+    assert (np.abs(shifted).sum(-1) > 0).sum() == 40 * 30
+    large = cv.classifier_input(np.zeros((128, 64, 3), np.uint8), 64, "caffe_bgr")  # shrunk to 64x32
+    assert (np.abs(large).sum(-1) > 0).sum() == 64 * 32
+
+
+def test_classifier_predictions_pad_the_last_batch_and_keep_the_order():
+    cfg = pipeline_demo.get_config().classifier
+    cfg.update(batch_size=8)
+    cfg.normalization = "caffe_bgr"
+    model = cv.VGG16Classifier(num_classes=21, width=WIDTH)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))["params"]
+    rng = np.random.default_rng(0)  # He-scaled random weights and biases: varied predictions, nothing compiled
+    params = jax.tree.map(lambda p: rng.standard_normal(p.shape, np.float32) * np.sqrt(2 / np.prod(p.shape[:-1]))
+                          if len(p.shape) > 1 else 0.1 * rng.standard_normal(p.shape, np.float32), shapes)
+    examples = [(rng.integers(0, 256, (int(rng.integers(60, 200)), int(rng.integers(60, 200)), 3), dtype=np.uint8), 0)
+                for _ in range(9)]  # a full batch of 8 and a padded one
+    mesh = parallel.create_mesh()
+    predicted = cv.classifier_predictions(model, parallel.replicate(params, mesh), examples, cfg, mesh)
+    images = np.stack([cv.classifier_input(image, 224, "caffe_bgr") for image, _ in examples])
+    direct = np.asarray(jnp.argmax(jax.jit(model.apply)({"params": params}, images), -1)).tolist()
+    assert predicted.tolist() == direct
+    assert len(set(direct)) > 1  # the random classifier tells the images apart, so order matters

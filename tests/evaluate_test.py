@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from experiments import demo
-from fcn_jax import checkpoints, evaluate, metrics, models, predict, pretrained, synthetic, train, visualize, voc_dataset
+from fcn_jax import artifacts, checkpoints, evaluate, inference, metrics, models, synthetic, train, \
+    visualize, voc_dataset
 
 WIDTH = 1 / 32  # channels 2, 4, 8, 16, 16 and fc 128: fast, and random weights still predict many classes
 NUM_CLASSES = 21
@@ -31,7 +32,7 @@ def random_params(variant: str, seed: int = 0) -> dict:
 
 
 def save_converted_weights(directory, params, variant="fcn8s"):
-    pretrained.save_converted(str(directory), params, {
+    checkpoints.save_params(str(directory), params, {
         "format": "caffe", "variant": variant, "num_classes": NUM_CLASSES, "width": WIDTH, "geometry": "caffe",
         "normalization": "caffe_bgr"})
     return str(directory)
@@ -95,7 +96,7 @@ def write_labels(directory, sizes=SIZES, seed=1) -> list[np.ndarray]:
 def direct_scores(forward, params, images, labels, pad_multiple=1) -> tuple[np.ndarray, dict]:
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     for image, label in zip(images, labels):
-        pad_to = predict.padded_shape(*label.shape, pad_multiple) if pad_multiple > 1 else None
+        pad_to = inference.padded_shape(*label.shape, pad_multiple) if pad_multiple > 1 else None
         mask = direct_mask(forward, params, image, pad_to)
         confusion += np.asarray(metrics.confusion_matrix(mask, label, NUM_CLASSES))
     return confusion, metrics.segmentation_metrics(confusion)
@@ -159,7 +160,7 @@ def test_a_tfds_split_scores_as_a_direct_computation_on_its_examples(weights, tm
 
 
 def test_padding_to_a_multiple_of_32_is_never_counted(weights, folder):
-    network = predict.load_network(weights["converted"])
+    network = inference.load_network(weights["converted"])
     result = evaluate.evaluate(network, evaluate.FolderSource(folder["images_dir"], folder["labels_dir"]),
                                batch_size=3, pad_multiple=32)
     confusion, expected = direct_scores(forward_fn(), weights["params"], folder["images"], folder["labels"], 32)
@@ -172,16 +173,16 @@ def test_padding_to_a_multiple_of_32_is_never_counted(weights, folder):
 def test_weights_load_from_workdir_checkpoints_dir_and_converted_dir(weights):
     for path, geometry in ((weights["workdir"], "same"), (os.path.join(weights["workdir"], "checkpoints"), "same"),
                            (weights["converted"], "caffe")):
-        network = predict.load_network(path)
-        assert {k: network.settings[k] for k in predict.SETTINGS} == {
+        network = inference.load_network(path)
+        assert {k: network.settings[k] for k in artifacts.SETTINGS} == {
             "variant": "fcn8s", "num_classes": 21, "width": WIDTH, "geometry": geometry,
             "normalization": "caffe_bgr"}
         jax.tree.map(np.testing.assert_array_equal, jax.device_get(network.params), weights["params"])
     # flags override what is stored
-    network = predict.load_network(weights["converted"], {"geometry": "same", "normalization": "imagenet_rgb"})
+    network = inference.load_network(weights["converted"], {"geometry": "same", "normalization": "imagenet_rgb"})
     assert network.model.geometry == "same" and network.settings["normalization"] == "imagenet_rgb"
     with pytest.raises(ValueError, match=r"does not fit variant=fcn32s, num_classes=21, .*unexpected: score_pool3"):
-        predict.load_network(weights["converted"], {"variant": "fcn32s"})
+        inference.load_network(weights["converted"], {"variant": "fcn32s"})
 
 
 def test_weights_without_stored_settings_need_the_flags(weights, tmp_path):
@@ -189,14 +190,14 @@ def test_weights_without_stored_settings_need_the_flags(weights, tmp_path):
     os.symlink(os.path.join(weights["workdir"], "checkpoints"), bare)  # a checkpoints dir with no config.json above
     with pytest.raises(ValueError, match=f"{bare} holds neither fcn_jax_weights.json nor a training config.json; "
                                          "pass --variant --num_classes --width --geometry --normalization"):
-        predict.load_network(str(bare))
+        inference.load_network(str(bare))
     with pytest.raises(FileNotFoundError, match=f"--weights {tmp_path / 'nope'} does not exist"):
-        predict.load_network(str(tmp_path / "nope"))
+        inference.load_network(str(tmp_path / "nope"))
     (tmp_path / "fcn8s.caffemodel").write_bytes(b"")
     with pytest.raises(ValueError, match="fcn8s.caffemodel is a file; pass a training workdir or a folder written "
                                          "by python -m fcn_jax.convert"):
-        predict.load_network(str(tmp_path / "fcn8s.caffemodel"))
-    network = predict.load_network(str(bare), {"variant": "fcn8s", "num_classes": 21, "width": WIDTH,
+        inference.load_network(str(tmp_path / "fcn8s.caffemodel"))
+    network = inference.load_network(str(bare), {"variant": "fcn8s", "num_classes": 21, "width": WIDTH,
                                                "geometry": "same", "normalization": "caffe_bgr"})
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(network.params), weights["params"])
 

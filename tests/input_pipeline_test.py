@@ -89,6 +89,14 @@ def test_resume_from_step_is_exact():
     assert_batches_equal(resumed, full[3:])
 
 
+def test_a_finite_stream_ends_after_num_steps_with_the_same_batches():
+    source = make_source()
+    full = take(train(source), 8)
+    finite = list(train(source, start_step=3, num_steps=8).as_numpy_iterator())  # steps 4..8: five batches
+    assert_batches_equal(finite, full[3:])
+    assert list(train(source, start_step=8, num_steps=8).as_numpy_iterator()) == []
+
+
 def test_processes_partition_the_global_batch():
     source = make_source()
     single = take(train(source, start_step=2), 3)

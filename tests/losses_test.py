@@ -25,8 +25,8 @@ def test_uniform_logits_give_log_k_per_pixel():
     logits = jnp.full((2, 3, 4, k), 0.7, jnp.float32)
     labels = jnp.array(np.random.default_rng(0).integers(0, k, (2, 3, 4)), jnp.int32)
     labels = labels.at[0, 0, :].set(255)  # 4 ignored pixels -> 20 valid
-    total, n = losses.pixel_cross_entropy(logits, labels, normalization="sum")
-    mean, n_mean = losses.pixel_cross_entropy(logits, labels, normalization="mean")
+    total, n = losses.pixel_cross_entropy(logits, labels, reduction="sum")
+    mean, n_mean = losses.pixel_cross_entropy(logits, labels, reduction="mean")
     assert int(n) == int(n_mean) == 20
     assert n.dtype == jnp.int32
     np.testing.assert_allclose(float(total), 20 * math.log(21), rtol=1e-6)
@@ -37,7 +37,7 @@ def test_hand_computed_two_class_logits():
     # logits (0, log 3) -> p = (1/4, 3/4): label 0 costs log 4, label 1 costs log(4/3).
     logits = jnp.tile(jnp.array([0.0, math.log(3.0)], jnp.float32), (1, 1, 3, 1))
     labels = jnp.array([[[0, 1, 255]]], jnp.int32)
-    total, n = losses.pixel_cross_entropy(logits, labels, normalization="sum")
+    total, n = losses.pixel_cross_entropy(logits, labels, reduction="sum")
     mean, _ = losses.pixel_cross_entropy(logits, labels)  # "mean" is the default
     assert int(n) == 2
     np.testing.assert_allclose(float(total), math.log(4) + math.log(4 / 3), rtol=1e-6)
@@ -50,23 +50,23 @@ def test_matches_numpy_reference_and_sum_is_mean_times_count():
     labels = rng.integers(0, 6, (3, 5, 7)).astype(np.int32)
     labels[rng.random(labels.shape) < 0.3] = 255
     want_sum, want_n = _numpy_cross_entropy(logits, labels)
-    fn = jax.jit(losses.pixel_cross_entropy, static_argnames=("normalization", "ignore_label"))
-    total, n = fn(logits, labels, normalization="sum")
-    mean, _ = fn(logits, labels, normalization="mean")
+    fn = jax.jit(losses.pixel_cross_entropy, static_argnames=("reduction", "ignore_label"))
+    total, n = fn(logits, labels, reduction="sum")
+    mean, _ = fn(logits, labels, reduction="mean")
     assert int(n) == want_n
     np.testing.assert_allclose(float(total), want_sum, rtol=1e-5)
     np.testing.assert_allclose(float(mean), want_sum / want_n, rtol=1e-5)
     np.testing.assert_allclose(float(total), float(mean) * int(n), rtol=1e-6)
 
 
-@pytest.mark.parametrize("normalization", ["sum", "mean"])
-def test_ignored_pixels_change_neither_loss_nor_gradient(normalization):
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_ignored_pixels_change_neither_loss_nor_gradient(reduction):
     rng = np.random.default_rng(2)
     logits = jnp.asarray(rng.normal(size=(2, 4, 4, 5)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 5, (2, 4, 4)), jnp.int32)
     ignored = jnp.asarray(rng.random((2, 4, 4)) < 0.4)
     labels = jnp.where(ignored, 255, labels)
-    loss_fn = functools.partial(losses.pixel_cross_entropy, normalization=normalization)
+    loss_fn = functools.partial(losses.pixel_cross_entropy, reduction=reduction)
 
     def loss_only(x):
         return loss_fn(x, labels)[0]
@@ -91,16 +91,16 @@ def test_ignored_pixels_change_neither_loss_nor_gradient(normalization):
     # Softmax gradient at a valid pixel: (p - onehot) / normaliser.
     p = np.asarray(jax.nn.softmax(logits))
     onehot = np.eye(5)[np.where(ign, 0, np.asarray(labels))]
-    scale = 1.0 if normalization == "sum" else 1.0 / (~ign).sum()
+    scale = 1.0 if reduction == "sum" else 1.0 / (~ign).sum()
     np.testing.assert_allclose(g[~ign], ((p - onehot) * scale)[~ign], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("normalization", ["sum", "mean"])
-def test_all_ignored_gives_zero_loss_and_gradient_not_nan(normalization):
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_all_ignored_gives_zero_loss_and_gradient_not_nan(reduction):
     logits = jnp.ones((1, 2, 2, 3), jnp.float32)
     labels = jnp.full((1, 2, 2), 255, jnp.int32)
-    loss, n = losses.pixel_cross_entropy(logits, labels, normalization=normalization)
-    grad = jax.grad(lambda x: losses.pixel_cross_entropy(x, labels, normalization=normalization)[0])(logits)
+    loss, n = losses.pixel_cross_entropy(logits, labels, reduction=reduction)
+    grad = jax.grad(lambda x: losses.pixel_cross_entropy(x, labels, reduction=reduction)[0])(logits)
     assert float(loss) == 0.0 and int(n) == 0
     assert np.all(np.asarray(grad) == 0.0)
 
@@ -108,7 +108,7 @@ def test_all_ignored_gives_zero_loss_and_gradient_not_nan(normalization):
 def test_custom_ignore_label():
     logits = jnp.zeros((1, 1, 3, 4), jnp.float32)
     labels = jnp.array([[[0, 3, 1]]], jnp.int32)
-    total, n = losses.pixel_cross_entropy(logits, labels, normalization="sum", ignore_label=3)
+    total, n = losses.pixel_cross_entropy(logits, labels, reduction="sum", ignore_label=3)
     assert int(n) == 2
     np.testing.assert_allclose(float(total), 2 * math.log(4), rtol=1e-6)
 
@@ -140,13 +140,13 @@ def test_out_of_range_label_gives_nan_loss():
 def test_uint8_labels_accepted():
     logits = jnp.zeros((1, 2, 2, 21), jnp.float32)
     labels = jnp.array([[[0, 20], [255, 255]]], jnp.uint8)
-    total, n = losses.pixel_cross_entropy(logits, labels, normalization="sum")
+    total, n = losses.pixel_cross_entropy(logits, labels, reduction="sum")
     assert int(n) == 2
     np.testing.assert_allclose(float(total), 2 * math.log(21), rtol=1e-6)
 
 
 @pytest.mark.parametrize("logits_shape,labels_shape,labels_dtype,kwargs,match", [
-    ((1, 2, 2, 3), (1, 2, 2), jnp.int32, {"normalization": "avg"}, "normalization"),
+    ((1, 2, 2, 3), (1, 2, 2), jnp.int32, {"reduction": "avg"}, "reduction"),
     ((1, 2, 2, 3), (1, 2, 3), jnp.int32, {}, "shape"),
     ((1, 2, 2, 3), (1, 2, 2), jnp.float32, {}, "labels must be integers"),
 ])

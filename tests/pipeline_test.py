@@ -4,66 +4,15 @@ import json
 import os
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from experiments import pipeline_demo
-from fcn_jax import checkpoints, convolutionalize, metrics, parallel, pipeline, train, voc_dataset
+from fcn_jax import checkpoints, convolutionalize, metrics, pipeline, train, voc_dataset
 
 WIDTH = 1 / 32
-
-
-def test_largest_object_class_is_the_biggest_region_not_the_biggest_class_area():
-    label = np.zeros((12, 12), np.uint8)
-    label[0:3, 0:3] = 8    # two cats of 9 pixels (18 in all)...
-    label[8:11, 8:11] = 8
-    label[0:4, 6:10] = 12  # ...lose to one dog of 16
-    label[11, :] = label[:, 11] = 255  # 23 ignore pixels: never an object
-    assert pipeline.largest_object_class(label) == 12
-    label[3:6, 3:6] = 8    # a third cat touching the first only at a corner: 4-connected, still 9 each
-    assert pipeline.largest_object_class(label) == 12
-    label[label == 12] = 0
-    assert pipeline.largest_object_class(label) == 8
-    label[6:9, 0:3] = 3    # a 9-pixel bird ties with the 9-pixel cats: the lower class id wins
-    assert pipeline.largest_object_class(label) == 3
-    assert pipeline.largest_object_class(np.full((4, 4), 255, np.uint8)) == 0
-    assert pipeline.largest_object_class(np.zeros((4, 4), np.uint8)) == 0
-
-
-def test_classifier_input_keeps_scale_and_centres_or_shifts():
-    image = np.full((40, 30, 3), (200, 100, 50), np.uint8)
-    centred = pipeline.classifier_input(image, 64, "caffe_bgr")
-    expected = np.array([50, 100, 200], np.float32) - np.array([104.00698793, 116.66876762, 122.67891434], np.float32)
-    inside = np.abs(centred).sum(-1) > 0
-    rows, cols = np.nonzero(inside)
-    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (12, 51, 17, 46)  # 40x30 in the middle, not resized
-    np.testing.assert_allclose(centred[20, 20], expected, rtol=1e-6)
-    shifted = pipeline.classifier_input(image, 64, "caffe_bgr", np.random.default_rng(0))
-    assert (np.abs(shifted).sum(-1) > 0).sum() == 40 * 30
-    large = pipeline.classifier_input(np.zeros((128, 64, 3), np.uint8), 64, "caffe_bgr")  # shrunk to 64x32
-    assert (np.abs(large).sum(-1) > 0).sum() == 64 * 32
-
-
-def test_classifier_predictions_pad_the_last_batch_and_keep_the_order():
-    cfg = pipeline_demo.get_config().classifier
-    cfg.update(batch_size=8)
-    cfg.normalization = "caffe_bgr"
-    model = convolutionalize.VGG16Classifier(num_classes=21, width=WIDTH)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))["params"]
-    rng = np.random.default_rng(0)  # He-scaled random weights and biases: varied predictions, nothing compiled
-    params = jax.tree.map(lambda p: rng.standard_normal(p.shape, np.float32) * np.sqrt(2 / np.prod(p.shape[:-1]))
-                          if len(p.shape) > 1 else 0.1 * rng.standard_normal(p.shape, np.float32), shapes)
-    examples = [(rng.integers(0, 256, (int(rng.integers(60, 200)), int(rng.integers(60, 200)), 3), dtype=np.uint8), 0)
-                for _ in range(9)]  # a full batch of 8 and a padded one
-    mesh = parallel.create_mesh()
-    predicted = pipeline.classifier_predictions(model, parallel.replicate(params, mesh), examples, cfg, mesh)
-    images = np.stack([pipeline.classifier_input(image, 224, "caffe_bgr") for image, _ in examples])
-    direct = np.asarray(jnp.argmax(jax.jit(model.apply)({"params": params}, images), -1)).tolist()
-    assert predicted.tolist() == direct
-    assert len(set(direct)) > 1  # the random classifier tells the images apart, so order matters
 
 
 def test_stage_config_errors(tmp_path):
@@ -115,7 +64,7 @@ def run(tmp_path_factory):
         raise RuntimeError("simulated crash while scoring the classifier")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "classifier_predictions", crash)
+        patch.setattr(convolutionalize, "classifier_predictions", crash)
         with pytest.raises(RuntimeError, match="simulated crash"):
             pipeline.run_pipeline(config, str(workdir))
     crashed = {}
@@ -123,14 +72,14 @@ def run(tmp_path_factory):
     crashed["metrics"] = (workdir / "classifier" / "metrics.jsonl").read_text()
     crashed["result_written"] = (workdir / "classifier" / "result.json").exists()
     traced = []
-    real_step = pipeline.classifier_train_step
+    real_step = convolutionalize.classifier_train_step
 
-    def traced_step(state, batch):
+    def traced_step(state, batch, rng):
         traced.append(1)
-        return real_step(state, batch)
+        return real_step(state, batch, rng)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "classifier_train_step", traced_step)
+        patch.setattr(convolutionalize, "classifier_train_step", traced_step)
         results = pipeline.run_pipeline(config, str(workdir))
     crashed["traced_on_resume"] = len(traced)
     return config, workdir, results, crashed
@@ -149,12 +98,12 @@ def test_a_classifier_with_a_finished_checkpoint_is_loaded_not_retrained(run):
 def test_classifier_is_labelled_by_largest_objects_and_scored_on_val(run):
     config, workdir, results, _ = run
     source = voc_dataset.load_split(config.fcn.data.data_dir, "voc_val")
-    examples = pipeline.classifier_examples(source)
+    examples = convolutionalize.classifier_examples(source)
     labels = np.array([label for _, label in examples])
     assert set(labels) <= {1, 7, 8, 12, 15} and len(examples) == 8  # the synthetic shape classes
     model = convolutionalize.VGG16Classifier(num_classes=21, width=WIDTH)
     params = checkpoints.load_params(str(workdir / "classifier"))
-    images = np.stack([pipeline.classifier_input(image, 224, "caffe_bgr") for image, _ in examples])
+    images = np.stack([convolutionalize.classifier_input(image, 224, "caffe_bgr") for image, _ in examples])
     predicted = np.asarray(jnp.argmax(model.apply({"params": params}, images), -1))
     cls = results["classifier"]
     assert cls["accuracy"] == pytest.approx(np.mean(predicted == labels))
@@ -210,10 +159,10 @@ def test_report_holds_every_stage_and_a_rerun_trains_nothing(run, monkeypatch):
     def fail(*args):
         raise AssertionError("a finished stage ran again")
 
-    for name in ("train_classifier", "segment_images"):
+    for name in ("classifier_job", "segment_images"):
         monkeypatch.setattr(pipeline, name, fail)
-    monkeypatch.setattr(train, "train_and_evaluate", fail)
-    monkeypatch.setattr(pipeline.pretrained, "save_converted", fail)
+    monkeypatch.setattr(train, "fcn_job", fail)  # built only when an FCN stage has training (or scoring) left
+    monkeypatch.setattr(pipeline.checkpoints, "save_params", fail)
     assert pipeline.run_pipeline(config, str(workdir)) == results
     assert (workdir / "report.md").read_text() == report
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from evaluate_test import direct_mask, forward_fn, random_params, save_converted_weights, write_images
-from fcn_jax import predict, visualize
+from fcn_jax import inference, predict, visualize
 
 
 @pytest.fixture(scope="module")
@@ -58,30 +58,8 @@ def test_padded_batches_give_the_padded_forward_cropped(converted, tmp_path):
                          "--pad_multiple", "32", "--batch_size", "3"]) == 0
     forward = forward_fn()
     for i, image in enumerate(images):
-        expected = direct_mask(forward, params, image, pad_to=predict.padded_shape(*image.shape[:2], 32))
+        expected = direct_mask(forward, params, image, pad_to=inference.padded_shape(*image.shape[:2], 32))
         _check_outputs(out, f"img{i}", image, expected, figure=False)
-
-
-def test_compiles_once_per_padded_shape(converted):
-    network = predict.load_network(converted[1])
-    rng = np.random.default_rng(0)
-    images = [(i, rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-              for i, (h, w) in enumerate(((37, 45), (50, 29), (60, 33), (40, 64)))]
-    steps = predict.predict_steps(network)
-    results = list(predict.segment(network, images, batch_size=8, pad_multiple=32, steps=steps))
-    assert steps.compilations == 2  # 64x64 for three of them, 64x32 for (50, 29)
-    assert sorted(key for key, _, _ in results) == [0, 1, 2, 3]
-    assert all(mask.shape == image.shape[:2] for _, image, mask in results)
-
-
-def test_batches_by_shape_fills_groups_and_flushes_the_rest():
-    items = ["a1", "b1", "a2", "a3", "b2", "c1", "a4"]
-    groups = list(predict.batches_by_shape(items, lambda s: s[0], 2))
-    assert groups == [["a1", "a2"], ["b1", "b2"], ["a3", "a4"], ["c1"]]
-    out = predict.pad_stack([np.ones((1, 2), np.uint8), np.full((2, 1), 2, np.uint8)], (2, 3), 3, 255, np.int32)
-    np.testing.assert_array_equal(out, [[[1, 1, 255], [255, 255, 255]], [[2, 255, 255], [2, 255, 255]],
-                                        [[255] * 3] * 2])
-    assert predict.padded_shape(37, 45, 32) == (64, 64) and predict.padded_shape(37, 45, 1) == (37, 45)
 
 
 def _error(capsys, argv) -> str:

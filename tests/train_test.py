@@ -89,7 +89,7 @@ def test_schedules_and_bad_optimizer():
 
 def _step_on(devices, config, state, batch, rng):
     mesh = parallel.create_mesh(devices)
-    step = functools.partial(train.train_step, loss_normalization=config.loss_normalization, num_classes=21)
+    step = functools.partial(train.train_step, loss_reduction=config.loss_reduction, num_classes=21)
     state = parallel.replicate(jax.device_get(state), mesh)
     new_state, metrics = jax.jit(step, out_shardings=parallel.replicated(mesh))(
         state, parallel.host_to_global(batch, mesh), parallel.replicate(rng, mesh))
@@ -130,7 +130,7 @@ def test_non_finite_step_leaves_state_unchanged():
     config = tiny_config()
     state, batch = tiny_state(config), random_batch(config)
     batch["image"][0, 0, 0, 0] = np.nan
-    step = jax.jit(functools.partial(train.train_step, loss_normalization="mean", num_classes=21))
+    step = jax.jit(functools.partial(train.train_step, loss_reduction="mean", num_classes=21))
     new_state, metrics = step(state, batch, jax.random.PRNGKey(0))
     assert not bool(metrics["finite"])
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(new_state.params), jax.device_get(state.params))
@@ -163,7 +163,7 @@ def run_config(data_dirs, **train_overrides):
 def test_nan_loss_stops_with_message_and_restorable_checkpoint(data_dirs, tmp_path):
     config = run_config(data_dirs, num_steps=10, checkpoint_every=1)
     config.optim.update(optimizer="sgd", learning_rate=1e30, momentum=0.0)
-    config.loss_normalization = "sum"
+    config.loss_reduction = "sum"
     with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step (\d+) .*last good checkpoint is step") as info:
         train.train_and_evaluate(config, str(tmp_path))
     bad_step = int(info.value.args[0].split("at step ")[1].split()[0])

@@ -9,7 +9,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from fcn_jax import synthetic, voc_dataset as vd
+from fcn_jax import image_io, synthetic, voc_dataset as vd
 
 VOC_TRAIN = ["2007_000032", "2007_000039"]
 VOC_VAL = ["2007_000033", "2007_000042", "2008_000009", "2007_000061"]
@@ -40,7 +40,7 @@ def _label(image_id, border=True):
     return label
 
 
-def _save_png(path, label, palette=vd.VOC_PALETTE):
+def _save_png(path, label, palette=image_io.VOC_PALETTE):
     image = Image.fromarray(label)
     image.putpalette(palette.tobytes())
     image.save(path)

@@ -1,0 +1,254 @@
+"""The inference core: models from settings, the eval and predict steps compiled per shape, and scoring.
+
+Training validation, `python -m fcn_jax.evaluate`, `python -m fcn_jax.predict` and the pipeline all run
+networks through this module; it imports neither TensorFlow nor ml_collections.
+
+    weights --load_network--> Network(model, replicated params, settings, mesh)
+    uint8 images --normalize, pad_stack--> batch --CompiledSteps(eval_step | predict_step)--> outputs
+    outputs --Scores--> confusion matrix, loss --metrics.segmentation_metrics--> the paper's scores
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Hashable, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from fcn_jax import artifacts, checkpoints, losses, metrics, models, parallel
+from fcn_jax.constants import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, check_normalization
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+# ----------------------------------------------------------------------------- models and their params
+
+
+def create_model(variant: str, *, num_classes: int, geometry: str = "caffe", width: float = 1.0,
+                 dropout_rate: float = 0.0, dtype: str = "float32") -> models.FCN:
+    """An FCN from plain settings (the names of config.model); a bad value raises a ValueError naming it."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+    return models.create_model(variant, num_classes=num_classes, geometry=geometry, width=width,
+                               dropout_rate=dropout_rate, dtype=DTYPES[dtype])
+
+
+def init_params(model, rng: jax.Array | None = None, image_size: int = 32) -> Any:
+    """The param tree of `model`: ShapeDtypeStructs without `rng`, else values initialised from it (host numpy)."""
+    init = lambda key: model.init(key, jnp.zeros((1, image_size, image_size, 3), jnp.float32))["params"]  # noqa: E731
+    if rng is None:
+        return jax.eval_shape(init, jax.random.PRNGKey(0))
+    return jax.device_get(jax.jit(init)(rng))
+
+
+def count_params(tree: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A model, its params (replicated over `mesh`) and the settings they were loaded with."""
+
+    model: models.FCN
+    params: Any
+    settings: dict
+    mesh: Mesh
+
+    @property
+    def num_classes(self) -> int:
+        return self.settings["num_classes"]
+
+
+def load_network(weights: str, overrides: dict | None = None, mesh: Mesh | None = None) -> Network:
+    """Weights (workdir, checkpoints dir or converted dir) -> Network; params must fit the model exactly."""
+    from fcn_jax import pretrained
+
+    settings = artifacts.model_settings(weights, overrides)
+    try:
+        model = create_model(settings["variant"], num_classes=settings["num_classes"], width=settings["width"],
+                             geometry=settings["geometry"], dtype=settings["dtype"])
+        template = init_params(model)
+    except ValueError as error:  # unknown variant / geometry / dtype
+        raise ValueError(f"{weights}: {error}") from None
+    try:
+        params, _ = pretrained.merge_params(template, checkpoints.load_params(weights), strict=True)
+    except pretrained.ParamMismatchError as error:
+        described = ", ".join(f"{k}={settings[k]}" for k in ("variant", "num_classes", "width"))
+        raise ValueError(f"{weights} does not fit {described}: {'; '.join(error.problems)}") from None
+    mesh = parallel.create_mesh() if mesh is None else mesh
+    return Network(model, parallel.replicate(params, mesh), settings, mesh)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def normalize(image: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 RGB (..., 3) -> float32 network input; 0 afterwards means 'mean pixel' (what padding uses).
+
+    The same float32 operations, in the same order, as input_pipeline's TF version: bit-identical inputs.
+    """
+    if check_normalization(mode) == "caffe_bgr":
+        return image[..., ::-1].astype(np.float32) - np.asarray(CAFFE_BGR_MEAN, np.float32)
+    return ((image.astype(np.float32) / np.float32(255.0) - np.asarray(IMAGENET_MEAN, np.float32))
+            / np.asarray(IMAGENET_STD, np.float32))
+
+
+def padded_shape(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """(H, W) rounded up to `multiple` (1: unchanged)."""
+    if multiple < 1:
+        raise ValueError(f"pad_multiple must be >= 1, got {multiple}")
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def global_batch_size(batch_size: int, mesh: Mesh) -> int:
+    """The requested batch rounded up to a multiple of the devices (every device gets the same rows)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = mesh.devices.size
+    return -(-batch_size // n) * n
+
+
+def batches_by_shape(items: Iterable, shape_of: Callable[[Any], Hashable], batch_size: int) -> Iterator[list]:
+    """Groups a stream into lists of at most `batch_size` items of one shape.
+
+    A group is yielded as soon as it is full, the partial ones at the end, so memory holds at most one
+    partial group per distinct shape.
+    """
+    open_groups: dict[Hashable, list] = {}
+    for item in items:
+        key = shape_of(item)
+        group = open_groups.setdefault(key, [])
+        group.append(item)
+        if len(group) == batch_size:
+            yield open_groups.pop(key)
+    yield from open_groups.values()
+
+
+def pad_stack(arrays: list[np.ndarray], shape: tuple[int, int], rows: int, value, dtype) -> np.ndarray:
+    """(rows, H, W, ...) filled with `value`, arrays[i] at the top-left of row i; the rest are dummy rows."""
+    out = np.full((rows, *shape, *arrays[0].shape[2:]), value, dtype)
+    for row, array in zip(out, arrays):
+        row[:array.shape[0], :array.shape[1]] = array
+    return out
+
+
+# ----------------------------------------------------------------------------- the pure steps
+
+
+def eval_step(params: Any, batch: dict, *, apply_fn, num_classes: int) -> dict:
+    """Confusion matrix (summed over the global batch), summed loss and the predicted masks."""
+    logits = apply_fn({"params": params}, batch["image"], train=False)
+    prediction = jnp.argmax(logits, -1)
+    loss_sum, num_valid = losses.pixel_cross_entropy(logits, batch["label"], reduction="sum")
+    return {
+        "confusion": metrics.confusion_matrix(prediction, batch["label"], num_classes),
+        "loss_sum": loss_sum,
+        "num_valid": num_valid,
+        "prediction": prediction.astype(jnp.uint8),
+    }
+
+
+def predict_step(params: Any, batch: dict, *, apply_fn) -> jax.Array:
+    """(B, H, W) uint8 class ids: argmax of the logits."""
+    return jnp.argmax(apply_fn({"params": params}, batch["image"], train=False), -1).astype(jnp.uint8)
+
+
+class CompiledSteps:
+    """`step(params, batch)` compiled once per batch shape over `mesh`; counts compilations and times them.
+
+    compile_s: seconds spent compiling; run_s: seconds in the compiled step (to results ready),
+    host-to-device transfer excluded.
+    """
+
+    def __init__(self, step: Callable, mesh: Mesh, out_shardings):
+        self._jitted = jax.jit(step, out_shardings=out_shardings)
+        self.mesh = mesh
+        self._compiled: dict[tuple, Any] = {}
+        self.compile_s = self.run_s = 0.0
+
+    @property
+    def compilations(self) -> int:
+        return len(self._compiled)
+
+    def __call__(self, params: Any, batch: dict[str, np.ndarray]):
+        arrays = parallel.host_to_global(batch, self.mesh)
+        key = tuple(arrays["image"].shape)
+        if key not in self._compiled:
+            start = time.perf_counter()
+            self._compiled[key] = self._jitted.lower(params, arrays).compile()
+            self.compile_s += time.perf_counter() - start
+        start = time.perf_counter()
+        out = jax.block_until_ready(self._compiled[key](params, arrays))
+        self.run_s += time.perf_counter() - start
+        return out
+
+
+def eval_steps(apply_fn, num_classes: int, mesh: Mesh) -> CompiledSteps:
+    """eval_step compiled per shape: statistics replicated, predicted masks left sharded by rows."""
+    step = functools.partial(eval_step, apply_fn=apply_fn, num_classes=num_classes)
+    replicated = parallel.replicated(mesh)
+    return CompiledSteps(step, mesh, out_shardings={"confusion": replicated, "loss_sum": replicated,
+                                                    "num_valid": replicated,
+                                                    "prediction": parallel.batch_sharded(mesh)})
+
+
+def predict_steps(network: Network) -> CompiledSteps:
+    step = functools.partial(predict_step, apply_fn=network.model.apply)
+    return CompiledSteps(step, network.mesh, out_shardings=parallel.batch_sharded(network.mesh))
+
+
+# ----------------------------------------------------------------------------- scoring and segmenting
+
+
+class Scores:
+    """Sums eval_step outputs over a split: one confusion matrix, as the reference's score.py does."""
+
+    def __init__(self, num_classes: int):
+        self.confusion = np.zeros((num_classes, num_classes), np.int64)
+        self.loss_sum, self.num_valid = 0.0, 0
+
+    def add(self, out: dict) -> None:
+        stats = parallel.fetch({k: out[k] for k in ("confusion", "loss_sum", "num_valid")})
+        self.confusion += stats["confusion"]
+        self.loss_sum += float(stats["loss_sum"])
+        self.num_valid += int(stats["num_valid"])
+
+    def result(self) -> dict:
+        """segmentation_metrics of the summed confusion, plus the mean loss per valid pixel."""
+        result = metrics.segmentation_metrics(self.confusion)
+        result["loss"] = self.loss_sum / max(self.num_valid, 1)
+        return result
+
+
+def score(steps: CompiledSteps, params: Any, batches: Iterable[dict], num_classes: int,
+          on_batch: Callable[[dict, dict], None] | None = None) -> Scores:
+    """Runs `steps` (from eval_steps) on host batches {'image', 'label', ...}; `on_batch(out, batch)` after each."""
+    scores = Scores(num_classes)
+    for batch in batches:
+        out = steps(params, {"image": batch["image"], "label": batch["label"]})
+        scores.add(out)
+        if on_batch is not None:
+            on_batch(out, batch)
+    return scores
+
+
+def segment(network: Network, images: Iterable[tuple[Any, np.ndarray]], *, batch_size: int = 1,
+            pad_multiple: int = 1, steps: CompiledSteps | None = None) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
+    """(key, uint8 RGB image) pairs -> (key, image, (H, W) uint8 mask), in groups of one padded size.
+
+    Order follows the groups, not the input. Pass `steps` (from `predict_steps`) to read its timings.
+    """
+    steps = predict_steps(network) if steps is None else steps
+    rows = global_batch_size(batch_size, network.mesh)
+    normalization = network.settings["normalization"]
+    shape_of = lambda item: padded_shape(*item[1].shape[:2], pad_multiple)  # noqa: E731
+    for group in batches_by_shape(images, shape_of, rows):
+        shape = shape_of(group[0])
+        batch = pad_stack([normalize(image, normalization) for _, image in group], shape, rows, 0.0, np.float32)
+        masks = jax.device_get(steps(network.params, {"image": batch}))
+        for (key, image), mask in zip(group, masks):
+            yield key, image, mask[:image.shape[0], :image.shape[1]]

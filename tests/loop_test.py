@@ -1,0 +1,94 @@
+"""loop.py on a toy job (a linear model): finished workdirs are returned, other configs refused, a failing
+evaluation keeps its step's checkpoint, and a finished run can be extended to more steps."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.training import train_state
+
+from fcn_jax import artifacts, checkpoints, loop, parallel
+
+BATCH = 8
+
+
+def toy_job(evaluate=None, calls=None):
+    mesh = parallel.create_mesh()
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    state = jax.device_put(train_state.TrainState.create(
+        apply_fn=None, params={"w": jnp.zeros((3,))}, tx=optax.sgd(0.1)), replicated)
+
+    def step_fn(state, batch, rng):
+        def loss_fn(params):
+            return jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        return state.apply_gradients(grads=grads), {"loss": loss, "finite": jnp.isfinite(loss)}
+
+    def batches(start_step):
+        for step in range(start_step + 1, 1000):
+            rng = np.random.default_rng(step)  # a pure function of the step: resumable
+            x = rng.normal(size=(BATCH, 3)).astype(np.float32)
+            yield {"x": x, "y": x @ np.array([1.0, -2.0, 0.5], np.float32)}
+
+    def default_evaluate(params, step):
+        if calls is not None:
+            calls.append(step)
+        return {"error": float(np.abs(np.asarray(params["w"]) - [1.0, -2.0, 0.5]).sum())}
+
+    return loop.Job(state=state, rng=jax.device_put(jax.random.PRNGKey(0), replicated), step_fn=step_fn,
+                    abstract_batch={"x": jax.ShapeDtypeStruct((BATCH, 3), jnp.float32, sharding=sharded),
+                                    "y": jax.ShapeDtypeStruct((BATCH,), jnp.float32, sharding=sharded)},
+                    batches=batches, batch_size=BATCH, mesh=mesh, log_keys=("loss",),
+                    evaluate=evaluate or default_evaluate, eval_split="val")
+
+
+def cadence(num_steps=6):
+    return loop.Cadence(num_steps=num_steps, log_every=2, checkpoint_every=3, eval_every=3, async_checkpoint=False)
+
+
+def config(num_steps=6, lr=0.1):
+    return {"lr": lr, "train": {"num_steps": num_steps}}
+
+
+def test_a_run_trains_writes_its_result_and_a_rerun_builds_nothing(tmp_path):
+    workdir = str(tmp_path)
+    result = loop.run(config(), workdir, cadence(), toy_job)
+    assert result["steps"] == 6 and result["params"] == 3 and result["error"] < 2.0
+    rows = artifacts.read_metrics(workdir)
+    assert [(r["step"], r["split"]) for r in rows] == [(2, "train"), (3, "val"), (4, "train"), (6, "train"),
+                                                       (6, "val")]
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [3, 6]
+    assert artifacts.read_json(os.path.join(workdir, artifacts.RESULT_FILE))["result"] == result
+
+    def fail():
+        raise AssertionError("a finished workdir built its job again")
+
+    assert loop.run(config(), workdir, cadence(), fail) == result
+    with pytest.raises(artifacts.WorkdirError, match=r"finished with another config \(lr: 0.1 -> 0.2\)"):
+        loop.run(config(lr=0.2), workdir, cadence(), fail)
+
+
+def test_a_failing_evaluation_keeps_the_checkpoint_of_its_step_and_the_rerun_only_scores(tmp_path):
+    workdir = str(tmp_path)
+
+    def broken(params, step):
+        raise RuntimeError("evaluation broke")
+
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        loop.run(config(num_steps=3), workdir, cadence(3), lambda: toy_job(evaluate=broken))
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [3]  # no training lost
+    calls = []
+    result = loop.run(config(num_steps=3), workdir, cadence(3), lambda: toy_job(calls=calls))
+    assert calls == [3] and "error" in result  # restored at step 3: scored, not trained again
+    assert [(r["step"], r["split"]) for r in artifacts.read_metrics(workdir)] == [(2, "train"), (3, "train"),
+                                                                                  (3, "val")]
+
+
+def test_a_finished_run_goes_on_with_more_steps_like_an_uninterrupted_one(tmp_path):
+    short, extended, straight = str(tmp_path / "a"), str(tmp_path / "a"), str(tmp_path / "b")
+    loop.run(config(num_steps=3), short, cadence(3), toy_job)
+    result = loop.run(config(num_steps=6), extended, cadence(6), toy_job)  # train.num_steps may change
+    assert result["error"] == loop.run(config(num_steps=6), straight, cadence(6), toy_job)["error"]
