@@ -55,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 4000
     config.train.keep_checkpoints = 3
     config.train.async_checkpoint = True
+    config.train.loss_spike_factor = 0.0    # > 0: stop when a logged loss exceeds this x the median of the last 10
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 1              # global; padded to a multiple of the device count

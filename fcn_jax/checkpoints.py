@@ -14,6 +14,7 @@ This is the only module that drives orbax: training checkpoints, converted weigh
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -83,6 +84,33 @@ def restore(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, step: in
     return restored.state, restored.rng["dropout"], restored.meta
 
 
+def newest_intact(steps: list[int], load, where: str):
+    """load(step) for the newest step that loads; each damaged newer one is logged (step and why) and skipped.
+
+    A kill or a full disk can leave the latest checkpoint unreadable while older ones are intact: falling back
+    costs the steps since them instead of the whole run.
+    """
+    problems = []
+    for step in sorted(steps, reverse=True):
+        try:
+            return step, load(step)
+        except Exception as error:  # orbax raises many types for truncated / missing files
+            reason = " ".join(str(error).split())[:300] or type(error).__name__
+            logging.warning("checkpoint step %d in %s is damaged, skipped: %s", step, where, reason)
+            problems.append(f"step {step}: {reason}")
+    raise ValueError(f"no intact checkpoint in {where} ({'; '.join(problems)}); delete it to start afresh")
+
+
+def set_aside(directory: str, steps: list[int]) -> None:
+    """Rename damaged step folders to <step>.damaged[.n]: kept for inspection, never listed as checkpoints."""
+    for step in steps:
+        target, n = os.path.join(directory, f"{step}.damaged"), 1
+        while os.path.exists(target):
+            target, n = os.path.join(directory, f"{step}.damaged.{n}"), n + 1
+        os.rename(os.path.join(directory, str(step)), target)
+        logging.warning("checkpoint step %d set aside as %s", step, target)
+
+
 def load_params(path: str) -> dict:
     """Params (numpy) from a training workdir / its checkpoints dir (latest step) or a converted-weights dir.
 
@@ -97,20 +125,24 @@ def load_params(path: str) -> dict:
     for directory in (os.path.join(path, artifacts.CHECKPOINTS_DIR), path):
         steps = checkpoint_steps(directory)
         if steps:
-            state_dir = epath.Path(directory, str(max(steps)), "state")
-            # The handler, not a Checkpointer: "state" is one item of a step, which has no metadata file of
-            # its own. A numpy target restores on the host whatever device / process count saved it
-            # (without a target orbax rebuilds the saved shardings and fails on another topology).
-            handler = ocp.StandardCheckpointHandler()
-            try:
-                target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), handler.metadata(state_dir))
-                return handler.restore(state_dir, args=ocp.args.StandardRestore(target))["params"]
-            finally:
-                handler.close()
+            return newest_intact(steps, lambda step: _load_state_params(directory, step), directory)[1]
     raise FileNotFoundError(
         f"{path} holds neither a training checkpoint (checkpoints/<step>/state) nor converted weights "
         "(fcn_jax_weights.json from python -m fcn_jax.convert)"
     )
+
+
+def _load_state_params(directory: str, step: int) -> dict:
+    state_dir = epath.Path(directory, str(step), "state")
+    # The handler, not a Checkpointer: "state" is one item of a step, which has no metadata file of its own.
+    # A numpy target restores on the host whatever device / process count saved it (without a target orbax
+    # rebuilds the saved shardings and fails on another topology).
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), handler.metadata(state_dir))
+        return handler.restore(state_dir, args=ocp.args.StandardRestore(target))["params"]
+    finally:
+        handler.close()
 
 
 def save_params(directory: str, params: dict, metadata: dict) -> None:

@@ -9,6 +9,8 @@ VOC_CLASSES = (
 )
 VOC_DIR = "VOCdevkit/VOC2012"  # the layout under a VOC + SBD manual_dir
 SBD_DIR = "benchmark_RELEASE/dataset"
+TRAIN_SPLITS = ("voc_train", "sbd_train", "sbd_train_no_seg11valid")  # the voc_sbd tfds splits
+EVAL_SPLITS = ("voc_val", "sbd_val", "seg11valid")
 
 # Input normalisations: network input = (channels in `order`, scaled to [0, 1] if `unit`) - mean) / std.
 CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # B, G, R: the reference FCN/VGG16 Caffe mean

@@ -11,7 +11,7 @@ import pathlib
 from typing import Iterable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fcn_jax.constants import IGNORE_LABEL, VOC_NUM_CLASSES
 from fcn_jax.visualize import voc_palette
@@ -53,28 +53,57 @@ def find_images(inputs: Iterable[str]) -> list[str]:
 
 def image_size(path: str) -> tuple[int, int]:
     """(height, width) from the file's header, or a one-line error naming it."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise ValueError(f"cannot read image {path}: the file is empty (0 bytes)")
     try:
         with Image.open(path) as image:
             return image.height, image.width
-    except OSError as error:
+    except (OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from None
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, fully decoded (a truncated file fails here, naming it)."""
+    """(H, W, 3) uint8 RGB as the image is displayed, fully decoded (a truncated file fails here, naming it)."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise ValueError(f"cannot read image {path}: the file is empty (0 bytes)")
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except OSError as error:
+            return to_rgb(image, path)
+    except (OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from None
 
 
+def is_upright(image: Image.Image) -> bool:
+    """True unless the EXIF orientation tag asks viewers to rotate or mirror the stored pixels."""
+    return image.getexif().get(0x0112, 1) == 1
+
+
+def to_rgb(image: Image.Image, path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a decoded PIL image: EXIF orientation applied (pixels as displayed, so masks line
+    up with what users see), 16-bit greyscale scaled to 8 bits (PIL's own convert would clip it to white)."""
+    if not is_upright(image):
+        image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image, np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(f"cannot read image {path}: {image.mode} pixel values outside 0..65535")
+        grey = np.round(values / 257.0).astype(np.uint8) if image.mode != "I" or values.max() > 255 else \
+            values.astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if image.mode == "F":
+        raise ValueError(f"cannot read image {path}: floating-point ('F') images are not photos; save it as "
+                         "8-bit RGB")
+    return np.asarray(image.convert("RGB"))
+
+
 def decode(data: bytes, path: pathlib.Path) -> Image.Image:
-    """Decodes fully, so truncated files fail here, not in training."""
+    """Decodes fully, so truncated files fail here, not in training; a decompression bomb is a bad example too."""
+    if not data:
+        raise BadExampleError(f"{path}: the file is empty (0 bytes)")
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise BadExampleError(f"{path}: cannot decode image ({e})") from e
     return image
 

@@ -20,15 +20,18 @@ Keep iterators local to a function: TF may hang at interpreter exit if one is al
 from __future__ import annotations
 
 import functools
+import re
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from fcn_jax.constants import CAFFE_BGR_MEAN, IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, check_normalization
+from fcn_jax.constants import (CAFFE_BGR_MEAN, IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, VOC_NUM_CLASSES,
+                               check_normalization)
 from fcn_jax.image_io import check_example
 
 EVAL_PAD_MULTIPLE = 32  # FCN output strides divide 32, so padded eval shapes stay aligned
+PREFETCH_BATCHES = 2  # batches read ahead while the accelerator computes
 tf.config.set_visible_devices([], "GPU")  # tf.data runs on the host: keep TF off the accelerators JAX uses
 
 
@@ -54,21 +57,35 @@ def shuffled_index(k: tf.Tensor, *, num_examples: int, seed: int) -> tf.Tensor:
         max_index=tf.constant(num_examples - 1, tf.int64))
 
 
-def read_example(source: Sequence[dict], index: int) -> tuple[np.ndarray, np.ndarray, bytes]:
+def read_example(source: Sequence[dict], index: int, num_classes: int = VOC_NUM_CLASSES):
     """source[index] as (image, label, id), checked (image_io.check_example)."""
-    return check_example(source[int(index)])
+    return check_example(source[int(index)], num_classes)
 
 
-def _read_train(source, index):
-    image, label, _ = read_example(source, index)
+def _read_train(source, index, *, num_classes):
+    image, label, _ = read_example(source, index, num_classes)
     return image, label
 
 
-def _read_eval(source, k, *, pad_size):
+def numpy_batches(dataset: tf.data.Dataset):
+    """dataset.as_numpy_iterator(), where a bad example (a ValueError in a read) surfaces as that ValueError's one
+    line instead of a TF error wrapping a Python traceback."""
+    iterator = dataset.as_numpy_iterator()
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as error:
+            found = re.findall(r"(?:ValueError|BadExampleError): (.+)", error.message)
+            raise ValueError(found[-1].strip() if found else error.message.splitlines()[0]) from None
+
+
+def _read_eval(source, k, *, pad_size, num_classes):
     """Stream element k of the eval split; past the end an empty dummy (padded later to all-ignore)."""
     if k >= len(source):
         return np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), np.uint8), np.bytes_(b"")
-    image, label, example_id = read_example(source, k)
+    image, label, example_id = read_example(source, k, num_classes)
     if image.shape[0] > pad_size[0] or image.shape[1] > pad_size[1]:
         raise ValueError(f"example {example_id.decode(errors='replace')!r}: image {image.shape[0]}x{image.shape[1]} "
                          f"is larger than pad_size {pad_size[0]}x{pad_size[1]}")
@@ -133,7 +150,8 @@ def _offset(u: tf.Tensor, slack: tf.Tensor) -> tf.Tensor:
 def train_dataset(source: Sequence[dict], *, global_batch_size: int, crop_size: tuple[int, int], seed: int,
                   start_step: int = 0, process_index: int = 0, process_count: int = 1,
                   scale_range: tuple[float, float] | None = (0.5, 2.0), flip: bool = True,
-                  normalization: str = "caffe_bgr", num_steps: int | None = None) -> tf.data.Dataset:
+                  normalization: str = "caffe_bgr", num_steps: int | None = None,
+                  num_classes: int = VOC_NUM_CLASSES) -> tf.data.Dataset:
     """Host-local batches {'image': float32 (B/P, h, w, 3), 'label': int32 (B/P, h, w)} for steps start_step + 1 ..
 
     num_steps (None: without end). A finite stream lets the parallel readers stop with the last batch instead of
@@ -153,7 +171,7 @@ def train_dataset(source: Sequence[dict], *, global_batch_size: int, crop_size: 
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     normalize(tf.zeros([1, 1, 3]), normalization)  # unknown modes fail here, not on the first batch
-    read = functools.partial(_read_train, source)
+    read = functools.partial(_read_train, source, num_classes=num_classes)
 
     def element(position):
         k = stream_index(position, global_batch_size=global_batch_size, process_index=process_index,
@@ -169,17 +187,30 @@ def train_dataset(source: Sequence[dict], *, global_batch_size: int, crop_size: 
     positions = (tf.data.Dataset.counter(start_step * local_batch) if num_steps is None else
                  tf.data.Dataset.range(start_step * local_batch, max(num_steps, start_step) * local_batch))
     dataset = positions.map(element, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(_options())
+    return dataset.batch(local_batch, drop_remainder=True).prefetch(PREFETCH_BATCHES).with_options(_options())
 
 
 def eval_pad_size(source: Sequence[dict]) -> tuple[int, int]:
     """Smallest multiple of 32 covering every image of the split (one pass over the source)."""
-    shapes = np.array([source[i]["image"].shape[:2] for i in range(_num_examples(source))])
+    shapes = np.array(_image_sizes(source))
     return tuple(int(-(-n // EVAL_PAD_MULTIPLE) * EVAL_PAD_MULTIPLE) for n in shapes.max(axis=0))
 
 
+def oversized_image(source: Sequence[dict], pad_size: tuple[int, int]) -> str | None:
+    """'<id> (HxW)' of the first image larger than pad_size, None if all fit: checked before training starts."""
+    for index, (height, width) in enumerate(_image_sizes(source)):
+        if height > pad_size[0] or width > pad_size[1]:
+            return f"{source[index]['id']} ({height}x{width})"
+    return None
+
+
+def _image_sizes(source: Sequence[dict]) -> list[tuple[int, int]]:
+    return [source[i]["image"].shape[:2] for i in range(_num_examples(source))]
+
+
 def eval_dataset(source: Sequence[dict], *, batch_size: int, pad_size: tuple[int, int] | None = None,
-                 normalization: str = "caffe_bgr", process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+                 normalization: str = "caffe_bgr", process_index: int = 0, process_count: int = 1,
+                 num_classes: int = VOC_NUM_CLASSES) -> tf.data.Dataset:
     """Every example once, whole, padded to `pad_size`; `batch_size` is per process.
 
     Yields {'image': float32 (b, H, W, 3), 'label': int32 (b, H, W), 'id': string (b,), 'height', 'width': int32 (b,)}.
@@ -193,7 +224,7 @@ def eval_dataset(source: Sequence[dict], *, batch_size: int, pad_size: tuple[int
     pad_size = eval_pad_size(source) if pad_size is None else (int(pad_size[0]), int(pad_size[1]))
     normalize(tf.zeros([1, 1, 3]), normalization)
     num_batches = -(-num_examples // (batch_size * process_count))
-    read = functools.partial(_read_eval, source, pad_size=pad_size)
+    read = functools.partial(_read_eval, source, pad_size=pad_size, num_classes=num_classes)
 
     def element(position):
         k = stream_index(position, global_batch_size=batch_size * process_count, process_index=process_index,
@@ -206,7 +237,7 @@ def eval_dataset(source: Sequence[dict], *, batch_size: int, pad_size: tuple[int
                 "height": tf.shape(label)[0], "width": tf.shape(label)[1]}
 
     dataset = tf.data.Dataset.range(num_batches * batch_size).map(element, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(_options())
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(PREFETCH_BATCHES).with_options(_options())
 
 
 def _check_process(process_index: int, process_count: int) -> None:
@@ -223,4 +254,7 @@ def _num_examples(source: Sequence[dict]) -> int:
 def _options() -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True  # parallel map keeps order: batches are a function of the step
+    # No autotuning: its background optimiser, starved of CPU by the training step, held every run's exit for
+    # 30-60 s (the iterator's destructor waits for it). Parallelism is the core count, buffers are fixed.
+    options.autotune.enabled = False
     return options

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import statistics
 import time
 from typing import Any, Callable, Iterator
 
@@ -20,7 +21,7 @@ from fcn_jax import artifacts, checkpoints, inference, parallel
 # Config keys a workdir may resume under with another value: how long to train and how often to log, evaluate
 # and checkpoint; nothing else, so a resumed run never mixes two models or recipes.
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                  "train.keep_checkpoints", "train.async_checkpoint", "eval", "num_steps", "log_every",
+                  "train.keep_checkpoints", "train.async_checkpoint", "train.loss_spike_factor", "eval", "num_steps", "log_every",
                   "checkpoint_every")
 
 
@@ -34,6 +35,7 @@ class Cadence:
     eval_every: int = 0
     keep_checkpoints: int = 3
     async_checkpoint: bool = True
+    loss_spike_factor: float = 0.0  # > 0: stop when a logged loss exceeds this x the median of the last 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +72,7 @@ def run(config: dict, workdir: str, cadence: Cadence, make_job: Callable[[], Job
     is_writer = jax.process_index() == 0
     if is_writer:  # evaluate/predict read the model settings back from it
         artifacts.write_json(os.path.join(workdir, artifacts.CONFIG_FILE), config)
+    _check_writable(os.path.join(workdir, artifacts.CHECKPOINTS_DIR))
     job = make_job()
     num_params = inference.count_params(job.state.params)  # before the first step donates the state
     manager = checkpoints.create_manager(os.path.join(workdir, artifacts.CHECKPOINTS_DIR),
@@ -77,8 +80,13 @@ def run(config: dict, workdir: str, cadence: Cadence, make_job: Callable[[], Job
                                          best_metric=job.best_metric)
     state, rng = job.state, job.rng
     if manager.latest_step() is not None:
-        state, rng, meta = checkpoints.restore(manager, state, rng)
-        logging.info("%s: resumed from %s at step %d", name, workdir, meta["step"])
+        directory = os.path.join(workdir, artifacts.CHECKPOINTS_DIR)
+        step, (state, rng, _) = checkpoints.newest_intact(
+            manager.all_steps(), lambda step: checkpoints.restore(manager, job.state, job.rng, step), directory)
+        if step != manager.latest_step() and is_writer:  # set the damaged ones aside: their steps get saved again
+            checkpoints.set_aside(directory, [s for s in manager.all_steps() if s > step])
+            manager.reload()
+        logging.info("%s: resumed from %s at step %d", name, workdir, step)
     elif job.init is not None:
         state = job.init(state)
     start_step = int(parallel.fetch(state.step))
@@ -94,6 +102,18 @@ def run(config: dict, workdir: str, cadence: Cadence, make_job: Callable[[], Job
     if is_writer:
         return artifacts.write_result(config, workdir, result)
     return artifacts.json_clean(result)
+
+
+def _check_writable(directory: str) -> None:
+    """Fail now, in one line, if checkpoints cannot be written (not after hours, from a background thread)."""
+    probe = os.path.join(directory, f".write_probe_{jax.process_index()}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise artifacts.WorkdirError(f"cannot write checkpoints to {directory}: {error.strerror or error}") from None
 
 
 def compile_step(job: Job, state: Any, rng: jax.Array):
@@ -120,6 +140,7 @@ def _train(job: Job, cadence: Cadence, state, rng, start_step: int, manager, wri
     progress = _progress(start_step, num_steps, name)
     last_good_step = manager.latest_step()
     window_start, window_images = time.time(), 0
+    losses: list[float] = []  # logged losses, for the spike guard
     pending = None  # (step, metrics) of the previous step: checked one step late so dispatch stays async
     try:
         for step in range(start_step + 1, num_steps + 1):
@@ -135,6 +156,8 @@ def _train(job: Job, cadence: Cadence, state, rng, start_step: int, manager, wri
                 if job.learning_rate is not None:
                     values["learning_rate"] = job.learning_rate(step)
                 writer.write(step, "train", values)
+                _check_spike(step, values[job.log_keys[0]], losses, cadence.loss_spike_factor, last_good_step,
+                             workdir)
                 progress.update(step - progress.n)
                 progress.set_postfix({k: f"{values[k]:.4g}" for k in job.log_keys[:1]},
                                      img_s=f"{values['images_per_s']:.1f}")
@@ -164,6 +187,20 @@ def _train(job: Job, cadence: Cadence, state, rng, start_step: int, manager, wri
 
 def _save(manager, step: int, state, rng, ranked: dict | None) -> None:
     checkpoints.save(manager, step, state, rng, {"step": step, "input_position": step}, metrics=ranked)
+
+
+def _check_spike(step: int, loss: float, losses: list[float], factor: float, last_good_step: int | None,
+                 workdir: str) -> None:
+    """Stop before a diverging run's state is checkpointed: a loss above `factor` x the recent median."""
+    recent = losses[-10:]
+    losses.append(loss)
+    if factor and len(recent) >= 5 and loss > factor * statistics.median(recent):
+        where = (f"the last checkpoint before it is step {last_good_step} in {workdir}/{artifacts.CHECKPOINTS_DIR}"
+                 if last_good_step is not None else "no checkpoint was written before it")
+        raise FloatingPointError(
+            f"loss spike at step {step}: {loss:.4g} > {factor:g} x {statistics.median(recent):.4g}, the median of "
+            f"the last {len(recent)} logged losses (training stopped, this state not saved); {where}. "
+            "Lower config.optim.learning_rate, or raise config.train.loss_spike_factor (0 = off).")
 
 
 def _check_finite(step: int, step_metrics: dict, last_good_step: int | None, workdir: str) -> None:

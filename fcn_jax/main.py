@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -59,12 +60,39 @@ def distributed_init_kwargs(coordinator_address: str | None, num_processes: int 
     return explicit
 
 
+def repeated_overrides(argv: list[str]) -> list[str]:
+    """--config.<key> flags given more than once (absl would concatenate a repeated tuple value)."""
+    keys = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
+    return sorted({key for key in keys if keys.count(key) > 1})
+
+
+def parse_flags(argv: list[str], flag_values=flags.FLAGS) -> list[str]:
+    """absl flag parsing where a bad flag or config key is one line on stderr (exit 1), not a traceback."""
+    repeated = repeated_overrides(argv)
+    if repeated:
+        raise SystemExit(f"error: {', '.join(repeated)} given more than once; give each config key once")
+    try:
+        return flag_values(argv)
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as error:  # unknown key, bad value
+        message = " ".join(str(error).replace("\\n", " ").replace("\\'", "").strip("'\"").split())
+        if isinstance(error, (KeyError, AttributeError)):
+            message = f"unknown config key {message}"
+        raise SystemExit(f"error: {message}") from None
+
+
 class _QuietLibraries(logging.Filter):
     """Drop the INFO chatter of orbax and tfds; keep their warnings and our own progress."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         noisy = any(name in record.pathname for name in ("orbax", "tensorflow_datasets", "etils"))
         return record.levelno >= logging.WARNING or not noisy
+
+
+def _exit_now(code: int) -> None:
+    """Exit without joining threads: a failed background checkpoint save must not keep the process alive."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv) -> None:
@@ -85,13 +113,16 @@ def main(argv) -> None:
         handler.addFilter(_QuietLibraries())
     try:
         result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (train.ConfigError, FileNotFoundError, FloatingPointError) as error:
+    except (ValueError, OSError, FloatingPointError) as error:  # bad config, data, workdir: one line
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        _exit_now(1)
+    except BaseException:  # a bug: its traceback, then out
+        traceback.print_exc()
+        _exit_now(1)
     if jax.process_index() == 0 and result:
         summary = {k: round(v, 4) for k, v in result.items() if isinstance(v, float) and k != "images_per_s"}
         print("final validation metrics:", json.dumps(summary))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -32,6 +32,7 @@ from PIL import Image
 from fcn_jax import artifacts, checkpoints, convolutionalize as cv, image_io, inference, loop, metrics, parallel, \
     predict, train, visualize
 from fcn_jax.constants import SCORES
+from fcn_jax.main import parse_flags as parse_absl_flags
 
 STAGES = ("classifier", "convolutionalize", "fcn", "segment")
 
@@ -343,10 +344,7 @@ def parse_flags(argv: list[str]) -> tuple[ml_collections.ConfigDict, str]:
     config_flags.DEFINE_config_file("config", None, "Pipeline config (experiments/pipeline_demo.py).",
                                     flag_values=flag_values, lock_config=True, sys_argv=argv)
     flags.DEFINE_string("workdir", None, "One folder per stage and report.md.", flag_values=flag_values)
-    try:
-        flag_values(argv)
-    except (flags.Error, KeyError, AttributeError) as error:  # unknown flag, unknown config key
-        raise SystemExit(f"error: {error}") from None
+    parse_absl_flags(argv, flag_values)
     if flag_values.config is None or flag_values.workdir is None:
         raise SystemExit("error: --config and --workdir are required")
     return flag_values.config, flag_values.workdir

@@ -181,6 +181,9 @@ def assign_ids(num_train: int, num_val: int, num_sbd_only: int, seed: int) -> di
 def write_synthetic_voc(root: str, *, num_train: int = 300, num_val: int = 60,
                         num_sbd_only: int = 100, seed: int = 0) -> str:
     """Writes the VOCdevkit + SBD trees under root once; returns root (a manual_dir)."""
+    for name, value, least in (("num_train", num_train, 1), ("num_val", num_val, 1), ("num_sbd_only", num_sbd_only, 0)):
+        if value < least:  # every split needs an image
+            raise ValueError(f"synthetic data: {name}={value} must be at least {least}")
     out = pathlib.Path(root)
     params = {"num_train": num_train, "num_val": num_val, "num_sbd_only": num_sbd_only, "seed": seed}
     marker = out / MARKER
@@ -221,8 +224,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_sbd_only", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    print(write_synthetic_voc(args.out, num_train=args.num_train, num_val=args.num_val,
-                              num_sbd_only=args.num_sbd_only, seed=args.seed))
+    try:
+        print(write_synthetic_voc(args.out, num_train=args.num_train, num_val=args.num_val,
+                                  num_sbd_only=args.num_sbd_only, seed=args.seed))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

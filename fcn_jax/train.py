@@ -20,6 +20,7 @@ import optax
 from flax.training import train_state
 
 from fcn_jax import artifacts, checkpoints, inference, losses, loop, metrics, models, parallel, visualize
+from fcn_jax.constants import EVAL_SPLITS, IGNORE_LABEL, TRAIN_SPLITS
 
 
 class ConfigError(ValueError):
@@ -177,11 +178,32 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                          "benchmark_RELEASE/ (see README, 'Using the real PASCAL VOC2012 + SBD')")
     if config.data.source == "voc" and not os.path.isdir(os.path.expanduser(config.data.manual_dir)):
         raise ConfigError(f"config.data.manual_dir={config.data.manual_dir!r} does not exist")
+    splits = TRAIN_SPLITS + EVAL_SPLITS
+    for key in ("train_split", "eval_split"):
+        if config.data[key] not in splits:
+            raise ConfigError(f"config.data.{key}={config.data[key]!r}: expected one of {', '.join(splits)}")
     for key in ("num_steps", "log_every", "eval_every", "checkpoint_every", "global_batch_size"):
         if config.train[key] <= 0:
             raise ConfigError(f"config.train.{key}={config.train[key]} must be positive")
     if config.optim.grad_accum_steps < 1:
         raise ConfigError(f"config.optim.grad_accum_steps={config.optim.grad_accum_steps} must be >= 1")
+    if not 1 <= config.model.num_classes <= IGNORE_LABEL:
+        raise ConfigError(f"config.model.num_classes={config.model.num_classes} must be in 1..{IGNORE_LABEL} "
+                          f"(labels are uint8 and {IGNORE_LABEL} means ignore)")
+    for key, value in (("optim.learning_rate", config.optim.learning_rate), ("optim.weight_decay",
+                       config.optim.weight_decay), ("optim.bias_lr_mult", config.optim.bias_lr_mult),
+                       ("optim.warmup_steps", config.optim.warmup_steps), ("optim.grad_clip_norm",
+                       config.optim.grad_clip_norm), ("train.loss_spike_factor", config.train.loss_spike_factor),
+                       ("eval.num_samples", config.eval.num_samples)):
+        if value < 0:  # a negative learning rate trains uphill without a word
+            raise ConfigError(f"config.{key}={value} must not be negative")
+    if not 0 <= config.optim.momentum < 1:
+        raise ConfigError(f"config.optim.momentum={config.optim.momentum} must be in [0, 1)")
+    for key, size, allow_empty in (("data.crop_size", config.data.crop_size, False),
+                                   ("eval.pad_size", config.eval.pad_size, True)):
+        if not (allow_empty and len(size) == 0) and (len(size) != 2 or min(size) < 1):
+            raise ConfigError(f"config.{key}={tuple(size)} must be (height, width), both positive"
+                              + (", or () for the split's own" if allow_empty else ""))
 
 
 # ----------------------------------------------------------------------------- data
@@ -231,7 +253,7 @@ def validate(params: Any, step: int, *, config: ml_collections.ConfigDict, eval_
     dataset = input_pipeline.eval_dataset(
         eval_source, batch_size=per_process, pad_size=tuple(config.eval.pad_size) or None,
         normalization=config.data.normalization, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_count=jax.process_count(), num_classes=config.model.num_classes)
     sample_dir = os.path.join(workdir, artifacts.SAMPLES_DIR, f"step_{step:06d}")
     saved = [0]
 
@@ -239,7 +261,7 @@ def validate(params: Any, step: int, *, config: ml_collections.ConfigDict, eval_
         if jax.process_index() == 0 and saved[0] < config.eval.num_samples:  # one writer
             saved[0] += _save_samples(out["prediction"], batch, sample_dir, config.eval.num_samples - saved[0])
 
-    result = inference.score(steps, params, dataset.as_numpy_iterator(), config.model.num_classes,
+    result = inference.score(steps, params, input_pipeline.numpy_batches(dataset), config.model.num_classes,
                              on_batch=save_samples).result()
     logging.info("step %d %s: pixel acc %.4f  mean acc %.4f  mean IU %.4f  fw IU %.4f (%d eval compilation(s))",
                  step, config.data.eval_split, result["pixel_acc"], result["mean_acc"], result["mean_iou"],
@@ -282,6 +304,11 @@ def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh) -> loop.Job:
     from fcn_jax import input_pipeline
 
     train_source, eval_source = load_sources(config)
+    pad_size = tuple(config.eval.pad_size)
+    oversized = input_pipeline.oversized_image(eval_source, pad_size) if pad_size else None
+    if oversized:  # found now, not at the first evaluation thousands of steps in
+        raise ConfigError(f"config.eval.pad_size={pad_size} is smaller than {config.data.eval_split} image "
+                          f"{oversized}; raise it, or use () to pad to the split's largest image")
     model = create_model(config.model)
     crop_h, crop_w = config.data.crop_size
     image_shape = (config.train.global_batch_size, crop_h, crop_w, 3)
@@ -293,12 +320,13 @@ def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh) -> loop.Job:
                  mesh.devices.size, jax.process_count())
 
     def batches(start_step: int):
-        return input_pipeline.train_dataset(
+        dataset = input_pipeline.train_dataset(
             train_source, global_batch_size=config.train.global_batch_size, crop_size=(crop_h, crop_w),
             seed=config.seed, start_step=start_step, process_index=jax.process_index(),
             process_count=jax.process_count(), scale_range=tuple(config.data.scale_range) or None,
-            flip=config.data.flip, normalization=config.data.normalization,
-            num_steps=config.train.num_steps).as_numpy_iterator()
+            flip=config.data.flip, normalization=config.data.normalization, num_steps=config.train.num_steps,
+            num_classes=config.model.num_classes)
+        return input_pipeline.numpy_batches(dataset)
 
     schedule = jax.jit(learning_rate_schedule(config.optim, num_updates(config)))  # one compile, not one per op
     eval_steps = inference.eval_steps(model.apply, config.model.num_classes, mesh)
@@ -321,7 +349,8 @@ def cadence(train_config: ml_collections.ConfigDict) -> loop.Cadence:
     return loop.Cadence(num_steps=train_config.num_steps, log_every=train_config.log_every,
                         checkpoint_every=train_config.checkpoint_every, eval_every=train_config.eval_every,
                         keep_checkpoints=train_config.keep_checkpoints,
-                        async_checkpoint=train_config.async_checkpoint)
+                        async_checkpoint=train_config.async_checkpoint,
+                        loss_spike_factor=train_config.loss_spike_factor)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -332,7 +361,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     validate_config(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir} is a file, not a folder")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--workdir {workdir}: cannot create it ({error.strerror or error})") from None
     mesh = parallel.create_mesh()
     try:
         parallel.check_batch_size(config.train.global_batch_size, mesh)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import collections.abc
 import dataclasses
+import hashlib
 import importlib.resources
 import logging
 import pathlib
@@ -51,10 +52,8 @@ import scipy.io
 import tensorflow_datasets as tfds
 
 from fcn_jax import input_pipeline  # noqa: F401  (imported first: it keeps TF off the accelerators)
-from fcn_jax.constants import SBD_DIR, VOC_DIR
-from fcn_jax.image_io import BadExampleError, check_label_values, decode, read_voc_label
-TRAIN_SPLITS = ("voc_train", "sbd_train", "sbd_train_no_seg11valid")
-EVAL_SPLITS = ("voc_val", "sbd_val", "seg11valid")
+from fcn_jax.constants import EVAL_SPLITS, SBD_DIR, TRAIN_SPLITS, VOC_DIR
+from fcn_jax.image_io import BadExampleError, check_label_values, decode, is_upright, read_voc_label, to_rgb
 SPLITS = TRAIN_SPLITS + EVAL_SPLITS
 LAYOUT = (
     f"{VOC_DIR}/{{JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
@@ -69,7 +68,28 @@ log = logging.getLogger(__name__)
 
 
 def read_id_list(path: pathlib.Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    """The ids of a split list, one a line; an id listed twice would be trained or scored twice: an error."""
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    seen: dict[str, int] = {}
+    for number, image_id in enumerate(ids, start=1):
+        if image_id in seen:
+            raise BadExampleError(f"{path}: id {image_id!r} is listed twice (entries {seen[image_id]} and {number})")
+        seen[image_id] = number
+    return ids
+
+
+def lists_fingerprint(root: pathlib.Path) -> str:
+    """sha256 over the split lists of a manual_dir: a prepared data_dir remembers the lists it was built from."""
+    digest = hashlib.sha256()
+    for path in _list_files(root).values():
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return digest.hexdigest()
+
+
+def _list_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
+    voc, sbd = root / VOC_DIR, root / SBD_DIR
+    return {"voc_train": voc / "ImageSets/Segmentation/train.txt", "voc_val": voc / "ImageSets/Segmentation/val.txt",
+            "sbd_train": sbd / "train.txt", "sbd_val": sbd / "val.txt"}
 
 
 def official_seg11valid() -> list[str]:
@@ -108,15 +128,18 @@ def seg11valid_ids(voc_val: list[str], sbd_train: list[str]) -> tuple[list[str],
 def read_image(path: pathlib.Path) -> tuple[bytes | np.ndarray, tuple[int, int]]:
     """What tfds stores for the image, and its (height, width).
 
-    An RGB JPEG is stored as its own bytes (lossless, fast); anything else is
-    converted to RGB and re-encoded by tfds.
+    An upright RGB JPEG is stored as its own bytes (lossless, fast); anything else is
+    converted to RGB as displayed (image_io.to_rgb) and re-encoded by tfds.
     """
     data = path.read_bytes()
     image = decode(data, path)
-    size = (image.height, image.width)
-    if image.format == "JPEG" and image.mode == "RGB":
-        return data, size
-    return np.asarray(image.convert("RGB")), size
+    if image.format == "JPEG" and image.mode == "RGB" and is_upright(image):
+        return data, (image.height, image.width)
+    try:
+        rgb = to_rgb(image, path)
+    except ValueError as error:
+        raise BadExampleError(str(error)) from None
+    return rgb, rgb.shape[:2]
 
 
 def read_sbd_label(path: pathlib.Path) -> np.ndarray:
@@ -186,17 +209,17 @@ def split_files(root: pathlib.Path) -> tuple[dict[str, list[ExampleFiles]], str]
     """Files of every split under manual_dir `root`, and the seg11valid rule used."""
     check_layout(root)
     voc, sbd = root / VOC_DIR, root / SBD_DIR
-    lists = {
-        "voc_train": voc / "ImageSets/Segmentation/train.txt",
-        "voc_val": voc / "ImageSets/Segmentation/val.txt",
-        "sbd_train": sbd / "train.txt",
-        "sbd_val": sbd / "val.txt",
-    }
+    lists = _list_files(root)
     ids = {name: read_id_list(path) for name, path in lists.items()}
     ids["seg11valid"], rule = seg11valid_ids(ids["voc_val"], ids["sbd_train"])
     seg11valid = set(ids["seg11valid"])
     ids["sbd_train_no_seg11valid"] = [i for i in ids["sbd_train"] if i not in seg11valid]
     listed_in = {**lists, "seg11valid": lists["voc_val"], "sbd_train_no_seg11valid": lists["sbd_train"]}
+    for split in SPLITS:  # tfds would only say "No examples were yielded"
+        if not ids[split]:
+            raise BadExampleError(f"{listed_in[split]}: split {split} would be empty (the list holds no id"
+                                  + (" it keeps" if split in ("seg11valid", "sbd_train_no_seg11valid") else "")
+                                  + "); every split needs at least one image")
 
     def files(split: str, image_id: str) -> ExampleFiles:
         if split.startswith("sbd"):
@@ -251,7 +274,7 @@ class VocSbd(tfds.core.GeneratorBasedBuilder):
         root = pathlib.Path(dl_manager.manual_dir).resolve()
         files, rule = split_files(root)
         log.info("voc_sbd seg11valid: %s", rule)
-        self.info.metadata.update(manual_dir=str(root), seg11valid_rule=rule)
+        self.info.metadata.update(manual_dir=str(root), seg11valid_rule=rule, lists_sha256=lists_fingerprint(root))
         return {split: self._generate_examples(split, files[split]) for split in SPLITS}
 
     def _generate_examples(self, split, files):
@@ -288,6 +311,10 @@ def _check_same_manual_dir(builder: VocSbd, manual_dir: str) -> None:
             f"{builder.data_dir}: prepared from manual_dir {prepared_from}, not {wanted}; "
             "use another data_dir, or pass manual_dir=None to read it as is"
         )
+    built_from = builder.info.metadata.get("lists_sha256")
+    if built_from is not None and built_from != lists_fingerprint(pathlib.Path(manual_dir)):
+        raise ValueError(f"{builder.data_dir}: the split lists in {wanted} changed since it was prepared; delete "
+                         f"{builder.data_dir} to prepare it again from the new lists")
 
 
 def prepare(data_dir: str, manual_dir: str, *, skip_bad_examples: bool = False) -> VocSbd:

@@ -46,3 +46,40 @@ def test_find_images_takes_folders_in_name_order_and_refuses_clashing_stems(tmp_
     Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "other" / "a.jpg")
     with pytest.raises(ValueError, match="would both write a.png"):
         image_io.find_images([str(tmp_path), str(tmp_path / "other")])
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped_to_white(tmp_path):
+    values = np.array([[0, 257 * 100], [65535, 257 * 3]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    rgb = image_io.read_rgb(str(tmp_path / "deep.png"))
+    np.testing.assert_array_equal(rgb[..., 0], [[0, 100], [255, 3]])
+    assert rgb.shape == (2, 2, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+
+
+def test_exif_orientation_gives_the_pixels_as_displayed(tmp_path):
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    pixels[0, 0] = 255  # a white top-left corner, stored landscape
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    image.save(tmp_path / "phone.png", exif=exif.tobytes())
+    shown = image_io.read_rgb(str(tmp_path / "phone.png"))
+    assert shown.shape == (6, 4, 3) and shown[0, -1].tolist() == [255, 255, 255]
+    assert not image_io.is_upright(Image.open(tmp_path / "phone.png"))
+
+
+def test_empty_files_and_decompression_bombs_get_one_line_naming_them(tmp_path, monkeypatch):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.jpg: the file is empty \(0 bytes\)"):
+        image_io.read_rgb(str(tmp_path / "empty.jpg"))
+    with pytest.raises(ValueError, match=r"empty.jpg: the file is empty"):
+        image_io.find_images([str(tmp_path / "empty.jpg")])
+    with pytest.raises(image_io.BadExampleError, match=r"empty.jpg: the file is empty"):
+        image_io.decode(b"", tmp_path / "empty.jpg")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels > 2 x 1000: a "bomb"
+    with pytest.raises(ValueError, match=r"cannot read image .*bomb.png: .*decompression bomb"):
+        image_io.find_images([str(tmp_path / "bomb.png")])
+    with pytest.raises(image_io.BadExampleError, match=r"bomb.png: cannot decode image"):
+        image_io.decode((tmp_path / "bomb.png").read_bytes(), tmp_path / "bomb.png")

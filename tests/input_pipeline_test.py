@@ -201,6 +201,19 @@ def test_bad_label_value_names_the_example():
         take(train(source, global_batch_size=5), 1)
 
 
+def test_numpy_batches_turn_a_bad_example_into_its_one_line_and_check_num_classes():
+    source = make_source()
+    for example in source:  # classes 0..3 only
+        example["label"] = np.where(example["label"] == 255, 255, example["label"] % 4).astype(np.uint8)
+    source[1]["label"][0, 0] = 4
+    source[1]["id"] = "2007_000043"
+    dataset = train(source, global_batch_size=5, num_classes=4)
+    with pytest.raises(ValueError, match=r"^example '2007_000043': label values \[4\] outside 0..3 and 255$"):
+        next(input_pipeline.numpy_batches(dataset))
+    batches = list(input_pipeline.numpy_batches(train(source, global_batch_size=5, num_steps=2)))  # 21 classes: fine
+    assert len(batches) == 2
+
+
 def test_image_label_size_mismatch_names_the_example():
     source = make_source()
     source[1]["label"] = source[1]["label"][:-1]

@@ -14,7 +14,7 @@ from fcn_jax import artifacts, checkpoints, loop, parallel
 BATCH = 8
 
 
-def toy_job(evaluate=None, calls=None):
+def toy_job(evaluate=None, calls=None, spike_at=None):
     mesh = parallel.create_mesh()
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     state = jax.device_put(train_state.TrainState.create(
@@ -31,7 +31,8 @@ def toy_job(evaluate=None, calls=None):
         for step in range(start_step + 1, 1000):
             rng = np.random.default_rng(step)  # a pure function of the step: resumable
             x = rng.normal(size=(BATCH, 3)).astype(np.float32)
-            yield {"x": x, "y": x @ np.array([1.0, -2.0, 0.5], np.float32)}
+            y = x @ np.array([1.0, -2.0, 0.5], np.float32)
+            yield {"x": x, "y": y * 1e4 if step == spike_at else y}
 
     def default_evaluate(params, step):
         if calls is not None:
@@ -92,3 +93,67 @@ def test_a_finished_run_goes_on_with_more_steps_like_an_uninterrupted_one(tmp_pa
     loop.run(config(num_steps=3), short, cadence(3), toy_job)
     result = loop.run(config(num_steps=6), extended, cadence(6), toy_job)  # train.num_steps may change
     assert result["error"] == loop.run(config(num_steps=6), straight, cadence(6), toy_job)["error"]
+
+
+def test_a_loss_spike_stops_the_run_before_its_state_is_saved_and_names_the_last_checkpoint(tmp_path):
+    workdir = str(tmp_path)
+    spiky = loop.Cadence(num_steps=30, log_every=1, checkpoint_every=3, eval_every=0, async_checkpoint=False,
+                         loss_spike_factor=10.0)
+    with pytest.raises(FloatingPointError, match=r"loss spike at step 14: .* x .*, the median of the last 10 logged "
+                                                 r"losses .*; the last checkpoint before it is step 12 in "):
+        loop.run(config(num_steps=30), workdir, spiky, lambda: toy_job(spike_at=14))
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [6, 9, 12]  # step 15 never saved
+
+
+def _truncate_data(step_dir):
+    for root, _, files in os.walk(os.path.join(step_dir, "state")):
+        for name in files:
+            if os.sep + "d" in root:  # the array chunks
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(3)
+
+
+def _drop_metadata(step_dir):
+    os.remove(os.path.join(step_dir, "state", "_METADATA"))
+
+
+def _empty(step_dir):
+    import shutil
+
+    for name in os.listdir(step_dir):
+        path = os.path.join(step_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+@pytest.mark.parametrize("damage", [_truncate_data, _drop_metadata, _empty])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, damage, caplog):
+    workdir, straight = str(tmp_path / "a"), str(tmp_path / "b")
+    loop.run(config(num_steps=6), workdir, cadence(6), toy_job)
+    damage(os.path.join(workdir, "checkpoints", "6"))
+    np.testing.assert_array_equal(  # predict / init_from read the newest intact params too
+        checkpoints.load_params(workdir)["w"], checkpoints.load_params(os.path.join(workdir, "checkpoints"))["w"])
+    result = loop.run(config(num_steps=9), workdir, cadence(9), toy_job)  # resumes from step 3, not 6
+    assert "checkpoint step 6" in caplog.text and "damaged, skipped" in caplog.text
+    assert result["error"] == loop.run(config(num_steps=9), straight, cadence(9), toy_job)["error"]
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [3, 6, 9]
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "6.damaged"))  # kept for inspection
+    rows = artifacts.read_metrics(workdir)
+    assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4, 6, 8, 9]  # no gap, no duplicate
+
+
+def test_no_intact_checkpoint_is_one_clear_error(tmp_path):
+    workdir = str(tmp_path)
+    loop.run(config(num_steps=3), workdir, cadence(3), toy_job)
+    _drop_metadata(os.path.join(workdir, "checkpoints", "3"))
+    with pytest.raises(ValueError, match=r"no intact checkpoint in .*checkpoints \(step 3: .*\); delete it"):
+        checkpoints.load_params(workdir)
+
+
+def test_an_unwritable_checkpoint_folder_fails_before_the_job_is_built(tmp_path):
+    (tmp_path / "checkpoints").write_text("a file where the folder should be")
+
+    def fail():
+        raise AssertionError("the job was built")
+
+    with pytest.raises(artifacts.WorkdirError, match=r"cannot write checkpoints to .*checkpoints: "):
+        loop.run(config(), str(tmp_path), cadence(), fail)

@@ -71,6 +71,23 @@ def test_cli_rejects_partial_distributed_flags_before_importing_anything_slow(tm
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.model.widht=2"], 'error: unknown config key widht Did you mean "width" instead of "widht"?'),
+    (["--config.eval.pad_size=(64,64)", "--config.eval.pad_size=(32,32)"],
+     "error: --config.eval.pad_size given more than once; give each config key once"),  # absl would concatenate
+])
+def test_bad_overrides_are_one_line_before_anything_runs(tmp_path, overrides, message):
+    result = subprocess.run([sys.executable, "-m", "fcn_jax.main", "--config", "experiments/demo.py", "--workdir",
+                             str(tmp_path / "w"), *overrides], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [message]
+    assert not (tmp_path / "w").exists()
+
+
+def test_repeated_overrides_are_found_by_key():
+    assert main.repeated_overrides(["--config.a=1", "--config.b=2", "--config.a=3", "--workdir=x"]) == ["--config.a"]
+    assert main.repeated_overrides(["--config.a=1", "--config.b=2"]) == []
+
+
 def test_simulated_slurm_step_is_detected_and_initialises_jax_distributed():
     """Two processes with the variables srun sets: main's detection says multi-process, and jax's own SLURM
     detection (what jax.distributed.initialize() does with no arguments) then joins them into one job."""

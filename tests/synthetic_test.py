@@ -130,3 +130,14 @@ def test_mat_header_is_fixed_and_loadable(tree):
     mat = next((tree / vd.SBD_DIR / "cls").iterdir()).read_bytes()
     assert mat.startswith(b"MATLAB 5.0 MAT-file, written by fcn_jax.synthetic")
     assert b"Created on" not in mat[:128]
+
+
+@pytest.mark.parametrize("counts, message", [
+    ({"num_train": 0}, "num_train=0 must be at least 1"), ({"num_val": -3}, "num_val=-3 must be at least 1"),
+    ({"num_sbd_only": -1}, "num_sbd_only=-1 must be at least 0")])
+def test_image_counts_that_leave_a_split_empty_are_refused(tmp_path, counts, message):
+    with pytest.raises(ValueError, match=message):
+        synthetic.write_synthetic_voc(str(tmp_path), **counts)
+    with pytest.raises(SystemExit, match=f"error: synthetic data: {message}"):
+        synthetic.main(["--out", str(tmp_path)] + [f"--{k}={v}" for k, v in counts.items()])
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -192,6 +192,13 @@ def test_logged_learning_rate_is_the_schedule_at_each_update(data_dirs, tmp_path
     ({"data.source": "voc", "data.manual_dir": "/nonexistent/voc"}, "does not exist"),
     ({"data.source": "voc", "data.manual_dir": ""}, "config.data.manual_dir is empty"),
     ({"model.dtype": "float16"}, "config.model.dtype='float16'"),
+    ({"data.train_split": "voc_tran"}, "config.data.train_split='voc_tran': expected one of voc_train, "),
+    ({"optim.learning_rate": -1e-3}, r"config.optim.learning_rate=-0.001 must not be negative"),
+    ({"optim.momentum": 1.0}, r"config.optim.momentum=1.0 must be in \[0, 1\)"),
+    ({"model.num_classes": 256}, "config.model.num_classes=256 must be in 1..255"),
+    ({"eval.pad_size": (32,)}, r"config.eval.pad_size=\(32,\) must be \(height, width\), both positive, or \(\)"),
+    ({"eval.pad_size": (64, 64)}, r"config.eval.pad_size=\(64, 64\) is smaller than voc_val image 20\d\d_s\d+ "
+                                  r"\(\d+x\d+\); raise it"),  # found before training, not at the first evaluation
 ])
 def test_bad_config_fails_with_one_clear_line(data_dirs, tmp_path, override, message):
     config = run_config(data_dirs)
@@ -201,6 +208,20 @@ def test_bad_config_fails_with_one_clear_line(data_dirs, tmp_path, override, mes
     with pytest.raises(train.ConfigError, match=message) as info:
         train.train_and_evaluate(config, str(tmp_path))
     assert "\n" not in str(info.value)
+
+
+def test_a_workdir_that_is_a_file_is_one_line(data_dirs, tmp_path):
+    (tmp_path / "run").write_text("")
+    with pytest.raises(train.ConfigError, match=r"^--workdir .*run is a file, not a folder$"):
+        train.train_and_evaluate(run_config(data_dirs), str(tmp_path / "run"))
+
+
+def test_labels_beyond_num_classes_name_the_example_instead_of_a_nan_loss(data_dirs, tmp_path):
+    config = run_config(data_dirs, num_steps=2)
+    config.model.num_classes = 3  # the synthetic labels go up to 15
+    with pytest.raises(ValueError, match=r"^example '20\d\d_s\d+': label values \[.*\] outside 0..2 and 255$"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints" / "1")
 
 
 def test_init_from_shape_mismatch_is_one_clear_error(data_dirs, tmp_path):

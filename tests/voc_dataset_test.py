@@ -283,3 +283,31 @@ def test_prepare_strict_fails_and_skip_counts(tmp_path, caplog):
     (manual_dir / vd.SBD_DIR / "cls/2007_000061.mat").unlink()
     with pytest.raises(vd.BadExampleError, match="2007_000061.mat: missing, but id '2007_000061' is listed in"):
         vd.prepare(str(tmp_path / "skip2"), str(manual_dir), skip_bad_examples=True)
+
+
+def test_an_id_listed_twice_is_refused_naming_the_list(tmp_path):
+    root = write_tree(tmp_path / "raw")
+    listed = root / vd.VOC_DIR / "ImageSets/Segmentation/train.txt"
+    ids = listed.read_text().split()
+    listed.write_text("\n".join(ids + ids[:1]) + "\n")
+    with pytest.raises(vd.BadExampleError, match=rf"{listed}: id '{ids[0]}' is listed twice \(entries 1 and "
+                                                 rf"{len(ids) + 1}\)"):
+        vd.split_files(root)
+
+
+def test_an_empty_split_list_names_the_list_not_no_examples_yielded(tmp_path):
+    root = write_tree(tmp_path / "raw")
+    listed = root / vd.SBD_DIR / "val.txt"
+    listed.write_text("\n")
+    with pytest.raises(vd.BadExampleError, match=rf"{listed}: split sbd_val would be empty"):
+        vd.prepare(str(tmp_path / "tfds"), str(root))
+
+
+def test_editing_a_split_list_after_the_build_is_noticed(tmp_path):
+    root = write_tree(tmp_path / "raw")
+    vd.prepare(str(tmp_path / "tfds"), str(root))
+    vd.prepare(str(tmp_path / "tfds"), str(root))  # unchanged lists: reused
+    listed = root / vd.VOC_DIR / "ImageSets/Segmentation/train.txt"
+    listed.write_text("\n".join(listed.read_text().split()[:-1]) + "\n")
+    with pytest.raises(ValueError, match="the split lists in .* changed since it was prepared; delete "):
+        vd.prepare(str(tmp_path / "tfds"), str(root))
