@@ -277,3 +277,11 @@ def test_eval_image_larger_than_pad_size_names_the_example():
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"ValueError: example 'big': image 40x17 is larger than pad_size 32x32"):
         eval_batches(source, batch_size=1, pad_size=(32, 32))
+
+
+def test_pipelines_do_not_autotune_so_their_iterators_die_at_once():
+    # The autotuner's optimiser thread, starved of CPU by a training step, held the train iterator's destructor
+    # (and every run's exit) for 30-60 s; fixed parallelism and buffers do not have one.
+    source = make_source()
+    assert train(source).options().autotune.enabled is False
+    assert input_pipeline.eval_dataset(source, batch_size=2).options().autotune.enabled is False

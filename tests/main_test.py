@@ -83,6 +83,39 @@ def test_bad_overrides_are_one_line_before_anything_runs(tmp_path, overrides, me
     assert not (tmp_path / "w").exists()
 
 
+FAILING_SAVE = """
+import sys, threading
+from absl import app
+from fcn_jax import checkpoints, main
+
+def failing_save(*args, **kwargs):  # as orbax does when a save fails: a background thread left waiting forever
+    threading.Thread(target=threading.Event().wait, name="stuck-save").start()
+    raise OSError("simulated failing checkpoint save")
+
+checkpoints.save = failing_save
+sys.argv = ["main", "--config", "experiments/demo.py", "--workdir", sys.argv[1]] + sys.argv[2:]
+app.run(main.main, flags_parser=main.parse_flags)
+"""
+
+
+def test_a_failing_checkpoint_save_ends_the_run_with_one_line_instead_of_hanging(tmp_path):
+    overrides = ["--config.model.width=0.03125", "--config.data.crop_size=(32,32)", "--config.data.synthetic_train=8",
+                 "--config.data.synthetic_val=4", f"--config.data.manual_dir={tmp_path}/raw",
+                 f"--config.data.data_dir={tmp_path}/tfds", "--config.train.num_steps=2",
+                 "--config.train.checkpoint_every=1", "--config.eval.pad_size=(192,192)"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    proc = subprocess.Popen([sys.executable, "-c", FAILING_SAVE, str(tmp_path / "w"), *overrides], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=300)  # a hang (joining the stuck thread at exit) fails here
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the process hung after its checkpoint save failed")
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1] == "error: simulated failing checkpoint save"
+
+
 def test_repeated_overrides_are_found_by_key():
     assert main.repeated_overrides(["--config.a=1", "--config.b=2", "--config.a=3", "--workdir=x"]) == ["--config.a"]
     assert main.repeated_overrides(["--config.a=1", "--config.b=2"]) == []
