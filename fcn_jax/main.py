@@ -122,6 +122,8 @@ def main(argv) -> None:
     if jax.process_index() == 0 and result:
         summary = {k: round(v, 4) for k, v in result.items() if isinstance(v, float) and k != "images_per_s"}
         print("final validation metrics:", json.dumps(summary))
+    if jax.process_count() == 1:  # (several processes exit normally: jax.distributed shuts down at exit)
+        _exit_now(0)  # the work is saved and closed: nothing left for a lingering thread to hold up
 
 
 if __name__ == "__main__":

@@ -70,6 +70,10 @@ def test_a_run_trains_writes_its_result_and_a_rerun_builds_nothing(tmp_path):
     assert loop.run(config(), workdir, cadence(), fail) == result
     with pytest.raises(artifacts.WorkdirError, match=r"finished with another config \(lr: 0.1 -> 0.2\)"):
         loop.run(config(lr=0.2), workdir, cadence(), fail)
+    (tmp_path / artifacts.RESULT_FILE).unlink()  # unfinished: the config.json of the run is what is compared
+    with pytest.raises(artifacts.WorkdirError, match=r"was trained with another config \(lr: 0.1 -> 0.2\)"):
+        loop.run(config(lr=0.2), workdir, cadence(), fail)
+    assert artifacts.read_json(os.path.join(workdir, artifacts.CONFIG_FILE)) == config()  # not overwritten
 
 
 def test_a_failing_evaluation_keeps_the_checkpoint_of_its_step_and_the_rerun_only_scores(tmp_path):
