@@ -104,14 +104,10 @@ def parent_of(config: ml_collections.ConfigDict, workdir: str) -> str | None:
 def finished_result(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     """The result of a variant that finished in `workdir` under `config`, None if unfinished; a workdir trained
     or finished under another config is a SweepError."""
-    config_dict, workdir = json.loads(config.to_json()), os.path.abspath(workdir)
     try:
-        result = artifacts.read_result(config_dict, workdir)
-        if result is None:
-            artifacts.check_same_config(config_dict, workdir)
+        return artifacts.finished_or_resumable(json.loads(config.to_json()), os.path.abspath(workdir))
     except artifacts.WorkdirError as error:
         raise SweepError(str(error)) from None
-    return result
 
 
 def run_variant(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -259,13 +255,11 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from fcn_jax import train
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax / tfds chatter
     try:
         run(args.sweep, args.workdir, steps=args.steps, processes=args.processes, only=args.variant)
-    except (SweepError, train.ConfigError, FileNotFoundError, FloatingPointError, RuntimeError) as error:
+    except (ValueError, OSError, FloatingPointError, RuntimeError) as error:  # SweepError, ConfigError, WorkdirError
         print(f"error: {error}", file=sys.stderr)
         return 1
     if args.variant is None:

@@ -176,6 +176,14 @@ def read_result(config: dict, workdir: str, may_differ: tuple[str, ...] = ()) ->
     return None if allowed else stored["result"]
 
 
+def finished_or_resumable(config: dict, workdir: str, may_differ: tuple[str, ...] = ()) -> dict | None:
+    """read_result, and when unfinished check_same_config: the result, None to train, or a WorkdirError."""
+    result = read_result(config, workdir, may_differ)
+    if result is None:
+        check_same_config(config, workdir, may_differ)
+    return result
+
+
 def write_result(config: dict, workdir: str, result: dict) -> dict:
     """Store `result` as the workdir's result.json; returns it as stored (json_clean), so callers see what a
     rerun will read back."""

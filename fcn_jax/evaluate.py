@@ -74,7 +74,8 @@ def evaluate(network: inference.Network, source, *, batch_size: int = 1, pad_mul
     rows = inference.global_batch_size(batch_size, network.mesh)
     normalization = network.settings["normalization"]
     shape_of = lambda example: inference.padded_shape(*example[1].shape, pad_multiple)  # noqa: E731
-    examples = (image_io.check_example(source[i]) for i in range(len(source)))  # (image, label, id), checked
+    examples = (image_io.check_example(source[i], network.num_classes)  # (image, label, id), checked
+                for i in range(len(source)))
 
     def batches():
         for group in inference.batches_by_shape(examples, shape_of, rows):

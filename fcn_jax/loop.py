@@ -64,11 +64,10 @@ def run(config: dict, workdir: str, cadence: Cadence, make_job: Callable[[], Job
     A workdir that finished under `config` returns its result.json without building the job; one trained
     under a config that differs in more than RESUMABLE_KEYS is a WorkdirError naming the keys.
     """
-    result = artifacts.read_result(config, workdir, RESUMABLE_KEYS)
+    result = artifacts.finished_or_resumable(config, workdir, RESUMABLE_KEYS)
     if result is not None:
         logging.info("%s: finished already in %s (%s)", name, workdir, artifacts.RESULT_FILE)
         return result
-    artifacts.check_same_config(config, workdir, RESUMABLE_KEYS)
     is_writer = jax.process_index() == 0
     if is_writer:  # evaluate/predict read the model settings back from it
         artifacts.write_json(os.path.join(workdir, artifacts.CONFIG_FILE), config)

@@ -98,20 +98,14 @@ def classifier_stage(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            keep_checkpoints=1, async_checkpoint=False)
     directory = os.path.join(workdir, "classifier")
     os.makedirs(directory, exist_ok=True)
-    try:
-        return loop.run(json.loads(cfg.to_json()), directory, cadence, lambda: classifier_job(cfg, config.fcn, mesh),
-                        name="classifier")
-    except artifacts.WorkdirError as error:
-        raise train.ConfigError(str(error)) from None
+    return loop.run(json.loads(cfg.to_json()), directory, cadence, lambda: classifier_job(cfg, config.fcn, mesh),
+                    name="classifier")
 
 
 def _cached(directory: str, config: ml_collections.ConfigDict, compute) -> dict:
     """The stored result of `directory` if it finished under `config`, else compute() stored there."""
     config_dict = json.loads(config.to_json())
-    try:
-        result = artifacts.read_result(config_dict, directory)
-    except artifacts.WorkdirError as error:
-        raise train.ConfigError(str(error)) from None
+    result = artifacts.read_result(config_dict, directory)
     if result is None:
         result = artifacts.write_result(config_dict, directory, compute())
     return result

@@ -372,8 +372,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         parallel.check_batch_size(config.train.global_batch_size, mesh)
     except ValueError as error:
         raise ConfigError(f"config.train.global_batch_size: {error}") from None
-    try:
-        return loop.run(json.loads(config.to_json()), workdir, cadence(config.train),
-                        lambda: fcn_job(config, workdir, mesh))
-    except artifacts.WorkdirError as error:
-        raise ConfigError(str(error)) from None
+    return loop.run(json.loads(config.to_json()), workdir, cadence(config.train), lambda: fcn_job(config, workdir, mesh))
