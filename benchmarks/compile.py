@@ -93,7 +93,7 @@ def bench_short_run(num_steps: int = 4) -> dict:
 def bench_eval_shapes(shapes=((500, 500), (512, 512), (375, 500))) -> dict:
     """Full-width FCN-8s caffe eval_step compile seconds per padded (H, W), batch 1."""
     model = models.create_model("fcn8s")
-    step = jax.jit(functools.partial(inference.eval_step, apply_fn=model.apply, num_classes=21))
+    step = jax.jit(functools.partial(inference.eval_step, apply_fn=model.apply, heads=(("", 21),)))
     params = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
     out = {}
     for h, w in shapes:

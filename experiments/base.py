@@ -12,16 +12,23 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.variant = "fcn8s"          # fcn32s | fcn16s | fcn8s | fcn8s_atonce
-    config.model.num_classes = 21           # VOC: 20 classes + background
+    config.model.num_classes = 21           # VOC: 20 classes + background; 0 = the dataset's own count
     config.model.geometry = "caffe"         # caffe (pad 100, reference crops) | same (SAME padding, efficient)
     config.model.width = 1.0                # channel multiplier of the VGG16 backbone
     config.model.dropout_rate = 0.5
     config.model.dtype = "float32"          # compute dtype: float32 | bfloat16 (params stay float32)
     config.model.learnable_upsample = False  # reference: bilinear deconvolutions frozen (lr 0)
+    config.model.heads = ()                 # () = one score head; ((name, classes), ...) = several, set from the dataset (SIFT Flow)
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "voc"              # voc (your VOC2012 + SBD copies) | synthetic (written on first use)
-    config.data.manual_dir = ""             # folder holding VOCdevkit/ and benchmark_RELEASE/ (see README)
+    # voc (your VOC2012 + SBD copies) | synthetic (VOC-format, written on first use) | folder (your own images,
+    # labels and classes.json) | synthetic_folder (a folder example, written on first use) | cityscapes | ade20k |
+    # pascal_context | sift_flow | sift_flow_geometric (README, "Train on your own data")
+    config.data.source = "voc"
+    config.data.manual_dir = ""             # the dataset's folder (voc: the one holding VOCdevkit/ and benchmark_RELEASE/)
+    config.data.classes = ""                # a classes.json overriding the dataset's description ("" = its own)
+    config.data.val_fraction = 0.2          # folder without split lists or subfolders: seeded share of "val"
+    config.data.split_seed = 0
     config.data.data_dir = "~/tensorflow_datasets"  # where the prepared tfds dataset lives
     config.data.train_split = "sbd_train_no_seg11valid"
     config.data.eval_split = "seg11valid"
@@ -30,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.scale_range = ()            # () = no random scaling (reference); e.g. (0.5, 2.0)
     config.data.flip = False                # reference: no augmentation
     config.data.skip_bad_examples = False   # True: skip unreadable training examples (logged count) instead of failing
-    config.data.synthetic_train = 300       # image counts when source == synthetic
+    config.data.synthetic_train = 300       # image counts when source is synthetic or synthetic_folder
     config.data.synthetic_val = 60
     config.data.synthetic_seed = 0          # the dataset's own seed (independent of config.seed)
 

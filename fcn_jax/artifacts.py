@@ -209,19 +209,19 @@ def stored_settings(weights: str) -> dict:
     sidecar = os.path.join(path, WEIGHTS_SIDECAR)
     if os.path.isfile(sidecar):
         meta = read_json(sidecar)
-        return {k: meta[k] for k in (*SETTINGS, "dtype") if k in meta}
+        return {k: meta[k] for k in (*SETTINGS, "dtype", "heads") if k in meta}
     for directory in (path, os.path.dirname(path)):
         config_path = os.path.join(directory, CONFIG_FILE)
         if os.path.isfile(config_path):
             config = read_json(config_path)
             settings = {k: config["model"][k] for k in ("variant", "num_classes", "width", "geometry", "dtype")}
-            return {**settings, "normalization": config["data"]["normalization"]}
+            return {**settings, "heads": config["model"].get("heads", []), "normalization": config["data"]["normalization"]}
     return {}
 
 
 def model_settings(weights: str, overrides: dict | None = None) -> dict:
     """Stored settings with the non-None `overrides` on top; every one of SETTINGS must end up known."""
-    settings = {"dtype": "float32", **stored_settings(weights)}
+    settings = {"dtype": "float32", "heads": (), **stored_settings(weights)}
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
     missing = [k for k in SETTINGS if k not in settings]
     if missing:
@@ -229,4 +229,5 @@ def model_settings(weights: str, overrides: dict | None = None) -> dict:
                          f"pass {' '.join('--' + k for k in missing)}")
     check_normalization(settings["normalization"])
     settings["num_classes"], settings["width"] = int(settings["num_classes"]), float(settings["width"])
+    settings["heads"] = tuple((str(name), int(k)) for name, k in settings["heads"])  # JSON lists -> tuples
     return settings

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fcn_jax import checkpoints, models, pretrained
+from fcn_jax import checkpoints, dataset_info, models, pretrained
 from fcn_jax.constants import NORMALIZATIONS
 
 
@@ -33,17 +33,22 @@ def parse_args(argv):
     parser.add_argument("--normalization", choices=NORMALIZATIONS, default=None,
                         help="re-express conv1_1 for this input normalization (default: the file's own)")
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model (1 for real weights)")
+    parser.add_argument("--dataset", default=None,
+                        help="class names and colours stored with the weights: a preset (voc, cityscapes, ...) or a "
+                             "classes.json (default: voc for 21 classes)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        heads = dataset_info.for_weights(None, args.num_classes, args.dataset)
         params, meta = pretrained.convert(
             args.format, args.input, args.variant, args.num_classes, width=args.width,
             allow_missing=args.allow_missing, normalization=args.normalization,
         )
         checkpoints.save_params(args.output, params, meta)
+        dataset_info.write(heads, args.output)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -136,15 +136,16 @@ def fcn_params_from_classifier(classifier_params: dict, fcn_params: dict,
 # ----------------------------------------------------------------------------- the classifier's helpers
 
 
-def largest_object_class(label: np.ndarray) -> int:
+def largest_object_class(label: np.ndarray, background: int | None = 0) -> int:
     """The class of the largest object in a label mask: its biggest 4-connected region of one class.
 
-    Background (0) and ignore (255) are never objects; 0 when there is none. Ties go to the lower class id.
-    A region, not a class's total area: two small cats lose to one larger dog.
+    The `background` class (None: a dataset without one) and ignore (255) are never objects; background (or 0)
+    when there is none. Ties go to the lower class id. A region, not a class's total area: two small cats lose
+    to one larger dog.
     """
-    best_class, best_size = 0, 0
+    best_class, best_size = background or 0, 0
     for value in np.unique(label):
-        if value in (0, IGNORE_LABEL):
+        if value in (background, IGNORE_LABEL):
             continue
         regions, count = scipy.ndimage.label(label == value)
         size = int(np.bincount(regions.ravel(), minlength=count + 1)[1:].max())
@@ -177,12 +178,13 @@ def classifier_input(image: np.ndarray, size: int, normalization: str,
     return canvas
 
 
-def classifier_examples(source) -> list[tuple[np.ndarray, int]]:
+def classifier_examples(source, background: int | None = 0) -> list[tuple[np.ndarray, int]]:
     """(image, class of the largest object) for every example of a segmentation source."""
     examples = []
     for index in range(len(source)):
         example = source[index]
-        examples.append((example["image"], largest_object_class(example["label"])))
+        label = example["label"] if example["label"].ndim == 2 else example["label"][..., 0]  # the first head's
+        examples.append((example["image"], largest_object_class(label, background)))
     return examples
 
 

@@ -4,10 +4,13 @@
         --data_dir ~/tensorflow_datasets --manual_dir ~/data/voc --output metrics.json
     python -m fcn_jax.evaluate --weights runs/fcn8s --images my/images --labels my/labels
 
-Data: a split of the voc_sbd tfds dataset (voc_dataset.py; prepared from
---manual_dir on first use), or a folder of images with a folder of VOC palette
-PNG labels of the same stems (SegmentationClass style: index = class id, 255 =
-ignore). --weights and the model settings work as in fcn_jax.predict.
+Data: a split of a tfds dataset prepared from --manual_dir on first use (the
+voc_sbd one of voc_dataset.py, or with --layout a folder dataset or a benchmark
+of fcn_jax.layouts), or a folder of images with a folder of labels of the same
+stems (<stem>.png), decoded as the dataset description says (the dataset.json
+stored with the weights, or --dataset: VOC palette PNGs for VOC). --weights
+and the model settings work as in fcn_jax.predict; per-class IU is reported
+under the dataset's class names.
 
 Scoring follows the reference (score.py): one confusion matrix summed over all
 images, nothing resized. Images are batched by padded size; padded pixels carry
@@ -27,7 +30,7 @@ import sys
 
 import numpy as np
 
-from fcn_jax import artifacts, image_io, inference, predict
+from fcn_jax import artifacts, dataset_info, image_io, inference, layouts, predict
 from fcn_jax.constants import IGNORE_LABEL, SCORES
 
 
@@ -35,10 +38,11 @@ class FolderSource(collections.abc.Sequence):
     """Images of a folder with their labels `<labels_dir>/<stem>.png`: a source as input_pipeline defines it.
 
     Every pair is checked when the source is made (label present, same size, from the file headers), so a
-    bad folder fails before anything is compiled; pixels are decoded on access.
+    bad folder fails before anything is compiled; pixels are decoded on access, labels by `info`.
     """
 
-    def __init__(self, images_dir: str, labels_dir: str):
+    def __init__(self, images_dir: str, labels_dir: str, info: dataset_info.DatasetInfo):
+        self.info = info
         for flag, directory in (("--images", images_dir), ("--labels", labels_dir)):
             if not os.path.isdir(directory):
                 raise FileNotFoundError(f"{flag} folder {directory} does not exist")
@@ -59,7 +63,7 @@ class FolderSource(collections.abc.Sequence):
 
     def __getitem__(self, index: int) -> dict:
         stem, image_path, label_path = self.pairs[index]
-        return {"image": image_io.read_rgb(image_path), "label": image_io.read_voc_label(label_path), "id": stem}
+        return {"image": image_io.read_rgb(image_path), "label": self.info.decode(label_path), "id": stem}
 
 
 def evaluate(network: inference.Network, source, *, batch_size: int = 1, pad_multiple: int = 1,
@@ -70,12 +74,13 @@ def evaluate(network: inference.Network, source, *, batch_size: int = 1, pad_mul
     """
     from tqdm import tqdm
 
-    steps = inference.eval_steps(network.model.apply, network.num_classes, network.mesh)
+    steps = inference.eval_steps(network.model.apply, network.heads, network.mesh)
     rows = inference.global_batch_size(batch_size, network.mesh)
     normalization = network.settings["normalization"]
-    shape_of = lambda example: inference.padded_shape(*example[1].shape, pad_multiple)  # noqa: E731
-    examples = (image_io.check_example(source[i], network.num_classes)  # (image, label, id), checked
-                for i in range(len(source)))
+    shape_of = lambda example: inference.padded_shape(*example[1].shape[:2], pad_multiple)  # noqa: E731
+    head_classes = tuple(k for _, k in network.heads)
+    examples = (image_io.check_example(source[i], head_classes if len(head_classes) > 1 else head_classes[0])
+                for i in range(len(source)))  # (image, label, id), checked
 
     def batches():
         for group in inference.batches_by_shape(examples, shape_of, rows):
@@ -87,7 +92,7 @@ def evaluate(network: inference.Network, source, *, batch_size: int = 1, pad_mul
                    "size": len(group)}
 
     with tqdm(total=len(source), desc="evaluate", unit="image", disable=not progress, dynamic_ncols=True) as bar:
-        scores = inference.score(steps, network.params, batches(), network.num_classes,
+        scores = inference.score(steps, network.params, batches(), network.heads,
                                  on_batch=lambda out, batch: bar.update(batch["size"]))
     result = scores.result()
     result.update(num_images=len(source), num_pixels=scores.num_valid, compilations=steps.compilations,
@@ -95,21 +100,33 @@ def evaluate(network: inference.Network, source, *, batch_size: int = 1, pad_mul
     return result
 
 
-def report(result: dict, names: tuple[str, ...]) -> str:
-    """The four scores and the per-class IU table, in percent as in the paper."""
+def _head_keys(index: int, name: str) -> tuple[str, str]:
+    """(key suffix of a head in a result, its title): the first head's keys are plain."""
+    return ("", "") if index == 0 else (f"_{name}", f"head {name}: ")
+
+
+def report(result: dict, heads: dataset_info.Heads) -> str:
+    """The four scores and the per-class IU table of every head, in percent as in the paper."""
     def percent(value):
         return "     n/a" if math.isnan(value) else f"{100 * value:8.2f}"
 
-    lines = [f"{label:<12}{percent(result[key])}" for key, label in SCORES]
-    lines += ["", f"{'class':<12}{'IU':>8}"]
-    lines += [f"{name:<12}{percent(iou)}" for name, iou in zip(names, result["per_class_iou"])]
+    width = max(12, *(len(name) + 1 for _, info in heads for name in info.classes))
+    lines = []
+    for index, (name, info) in enumerate(heads):
+        suffix, title = _head_keys(index, name)
+        lines += [""] * bool(index) + [f"{title}{info.name}"] * bool(title)
+        lines += [f"{label:<{width}}{percent(result[key + suffix])}" for key, label in SCORES]
+        lines += ["", f"{'class':<{width}}{'IU':>8}"]
+        lines += [f"{c:<{width}}{percent(iou)}" for c, iou in zip(info.classes, result["per_class_iou" + suffix])]
     return "\n".join(lines)
 
 
-def to_json(result: dict, names: tuple[str, ...], **context) -> str:
+def to_json(result: dict, heads: dataset_info.Heads, **context) -> str:
     """JSON of the result: per-class IU keyed by class name, NaN (class absent) as null."""
-    out = {**context, **{k: v for k, v in result.items() if k != "per_class_iou"}}
-    out["per_class_iou"] = dict(zip(names, result["per_class_iou"]))
+    out = {**context, **result}
+    for index, (name, info) in enumerate(heads):
+        key = "per_class_iou" + _head_keys(index, name)[0]
+        out[key] = dict(zip(info.classes, result[key]))
     return json.dumps(artifacts.json_clean(out), indent=2)
 
 
@@ -119,10 +136,14 @@ def parse_args(argv):
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--split", help="a voc_sbd split, e.g. seg11valid (with --data_dir, --manual_dir)")
     data.add_argument("--images", help="folder of images (with --labels)")
-    parser.add_argument("--labels", help="folder of VOC palette PNG labels, <stem>.png for each image")
+    parser.add_argument("--labels", help="folder of label PNGs, <stem>.png for each image (encoded as the dataset "
+                                         "description says)")
+    parser.add_argument("--layout", default="voc", choices=("voc", *layouts.LAYOUTS),
+                        help="with --split: the voc_sbd dataset, or a folder / benchmark layout read from --manual_dir")
     parser.add_argument("--data_dir", default="~/tensorflow_datasets", help="where the prepared tfds dataset lives")
     parser.add_argument("--manual_dir", default=None,
-                        help="folder holding VOCdevkit/ and benchmark_RELEASE/ (to prepare the dataset)")
+                        help="the dataset's folder (voc: the one holding VOCdevkit/ and benchmark_RELEASE/), to prepare "
+                             "the dataset")
     parser.add_argument("--output", help="write the metrics as JSON to this file")
     args = parser.parse_args(argv)
     if args.images and not args.labels:
@@ -130,13 +151,20 @@ def parse_args(argv):
     return args
 
 
-def load_source(args: argparse.Namespace):
+def load_source(args: argparse.Namespace, info: dataset_info.DatasetInfo):
     if args.images:
-        return FolderSource(args.images, args.labels), f"{args.images} (labels {args.labels})"
-    from fcn_jax import voc_dataset
-
+        return FolderSource(args.images, args.labels, info), f"{args.images} (labels {args.labels})"
     data_dir = os.path.expanduser(args.data_dir)
     manual_dir = os.path.expanduser(args.manual_dir) if args.manual_dir else None
+    if args.layout != "voc":
+        from fcn_jax import folder_dataset
+
+        if manual_dir is None:
+            raise ValueError(f"--layout {args.layout} needs --manual_dir, the dataset's folder")
+        source = folder_dataset.load_split(data_dir, args.split, manual_dir, args.layout, classes=args.dataset or "")
+        return source, f"{args.layout} {args.split} ({manual_dir})"
+    from fcn_jax import voc_dataset
+
     return voc_dataset.load_split(data_dir, args.split, manual_dir), f"voc_sbd {args.split} ({data_dir})"
 
 
@@ -145,15 +173,18 @@ def main(argv=None) -> int:
     try:
         if args.output and os.path.isdir(args.output):
             raise IsADirectoryError(f"--output {args.output} is a folder; give a file name such as metrics.json")
-        source, description = load_source(args)
         network = inference.load_network(args.weights, predict.overrides(args))
+        heads = dataset_info.for_weights(args.weights, tuple(k for _, k in network.heads), args.dataset)
+        if args.images and len(heads) > 1:
+            raise ValueError(f"{args.weights} has {len(heads)} score heads; score it on a --split of its dataset "
+                             "(--layout, --manual_dir), which holds a label of every head")
+        source, description = load_source(args, heads[0][1])
         result = evaluate(network, source, batch_size=args.batch_size, pad_multiple=args.pad_multiple,
                           progress=True)
-        names = predict.class_names(network.num_classes)
         if args.output:
             os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
             with open(args.output, "w") as f:
-                f.write(to_json(result, names, weights=os.path.abspath(args.weights), data=description,
+                f.write(to_json(result, heads, weights=os.path.abspath(args.weights), data=description,
                                 settings=network.settings, pad_multiple=args.pad_multiple) + "\n")
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -161,7 +192,7 @@ def main(argv=None) -> int:
     settings = network.settings
     print(f"{settings['variant']} ({settings['geometry']} geometry, width {settings['width']:g}) on {description}: "
           f"{result['num_images']} images, {result['compilations']} compilation(s)")
-    print(report(result, names))
+    print(report(result, heads))
     if args.output:
         print(f"wrote {args.output}")
     return 0

@@ -13,11 +13,9 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageOps
 
-from fcn_jax.constants import IGNORE_LABEL, VOC_NUM_CLASSES
-from fcn_jax.visualize import voc_palette
+from fcn_jax.constants import IGNORE_LABEL, VOC_CLASSES, VOC_NUM_CLASSES
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-VOC_PALETTE = voc_palette()  # the devkit colour map
 
 
 class BadExampleError(ValueError):
@@ -111,47 +109,55 @@ def decode(data: bytes, path: pathlib.Path) -> Image.Image:
 # ----------------------------------------------------------------------------- labels
 
 
-def check_label_values(label: np.ndarray, path, num_classes: int = VOC_NUM_CLASSES) -> np.ndarray:
-    """The label as uint8, if every value is a class id or the ignore label."""
+def check_label_values(label: np.ndarray, path, classes: tuple[str, ...] = VOC_CLASSES) -> np.ndarray:
+    """The label as uint8, if every value is a class id or the ignore label; else an error naming the file, the
+    values and the classes it expected."""
     values = np.unique(label)
-    bad = values[(values < 0) | ((values >= num_classes) & (values != IGNORE_LABEL))]
+    bad = values[(values < 0) | ((values >= len(classes)) & (values != IGNORE_LABEL))]
     if bad.size:
-        raise BadExampleError(f"{path}: label values {bad.tolist()} outside 0..{num_classes - 1} and {IGNORE_LABEL}")
+        names = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
+        raise BadExampleError(f"{path}: label values {bad.tolist()[:10]} are not classes: expected "
+                              f"0..{len(classes) - 1} ({names}) or {IGNORE_LABEL} (ignore)")
     return label.astype(np.uint8)
 
 
-def read_voc_label(path: pathlib.Path) -> np.ndarray:
-    """(H, W) uint8 class ids: the raw palette indices of a VOC label PNG."""
-    path = pathlib.Path(path)
-    image = decode(path.read_bytes(), path)
-    if image.mode != "P":
-        hint = (" (colours, not class ids: map each colour to its index in the VOC palette and save as a palette "
-                "PNG)" if image.mode in ("RGB", "RGBA") else "")
-        raise BadExampleError(f"{path}: label PNG has mode {image.mode!r}, expected a palette ('P') PNG "
-                              f"whose indices are VOC class ids{hint}")
-    label = np.asarray(image, np.uint8)
-    palette = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)
-    used = np.unique(label)
-    known = used[used < len(palette)]
-    wrong = np.setdiff1d(used, known[(palette[known] == VOC_PALETTE[known]).all(axis=1)])
-    if wrong.size:
-        raise BadExampleError(f"{path}: palette colours of indices {wrong.tolist()} differ from the VOC palette,"
-                              " so the indices may not be class ids")
-    return check_label_values(label, path)
+def stored_image(path: pathlib.Path) -> tuple[bytes | np.ndarray, tuple[int, int]]:
+    """What a tfds builder stores for an image file, and its (height, width).
+
+    An upright RGB JPEG is stored as its own bytes (lossless, fast); anything else is converted to RGB as
+    displayed (to_rgb) and encoded by tfds.
+    """
+    data = pathlib.Path(path).read_bytes()
+    image = decode(data, path)
+    if image.format == "JPEG" and image.mode == "RGB" and is_upright(image):
+        return data, (image.height, image.width)
+    try:
+        rgb = to_rgb(image, path)
+    except ValueError as error:
+        raise BadExampleError(str(error)) from None
+    return rgb, rgb.shape[:2]
 
 
-def check_example(example: dict, num_classes: int = VOC_NUM_CLASSES) -> tuple[np.ndarray, np.ndarray, bytes]:
-    """A source's example as (image, label, id), checked: a bad one fails here with its id, not deep in training."""
+def check_example(example: dict, num_classes: int | tuple[int, ...] = VOC_NUM_CLASSES
+                  ) -> tuple[np.ndarray, np.ndarray, bytes]:
+    """A source's example as (image, label, id), checked: a bad one fails here with its id, not deep in training.
+
+    num_classes: one count, or a count per score head, whose labels are then (H, W, heads), one map a head.
+    """
+    counts = (num_classes,) if isinstance(num_classes, int) else tuple(num_classes)
     image, label, example_id = example["image"], example["label"], example["id"]
     example_id = example_id if isinstance(example_id, bytes) else str(example_id).encode()
     name = example_id.decode(errors="replace")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"example {name!r}: image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
-    if label.dtype != np.uint8 or label.shape != image.shape[:2]:
-        raise ValueError(f"example {name!r}: label must be uint8 {image.shape[:2]} like its image, "
+    shape = image.shape[:2] + ((len(counts),) if len(counts) > 1 else ())
+    if label.dtype != np.uint8 or label.shape != shape:
+        raise ValueError(f"example {name!r}: label must be uint8 {shape} like its image, "
                          f"got {label.dtype} {label.shape}")
-    bad = (label >= num_classes) & (label != IGNORE_LABEL)
-    if bad.any():
-        raise ValueError(f"example {name!r}: label values {np.unique(label[bad]).tolist()} "
-                         f"outside 0..{num_classes - 1} and {IGNORE_LABEL}")
+    for head, count in enumerate(counts):
+        values = label if len(counts) == 1 else label[..., head]
+        bad = (values >= count) & (values != IGNORE_LABEL)
+        if bad.any():
+            raise ValueError(f"example {name!r}: label values {np.unique(values[bad]).tolist()} "
+                             f"outside 0..{count - 1} and {IGNORE_LABEL}" + (f" (head {head})" if head else ""))
     return image, label, example_id

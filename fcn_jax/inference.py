@@ -29,12 +29,13 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def create_model(variant: str, *, num_classes: int, geometry: str = "caffe", width: float = 1.0,
-                 dropout_rate: float = 0.0, dtype: str = "float32") -> models.FCN:
+                 dropout_rate: float = 0.0, dtype: str = "float32", heads=()) -> models.FCN:
     """An FCN from plain settings (the names of config.model); a bad value raises a ValueError naming it."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+    heads = tuple((str(name), int(k)) for name, k in heads)
     return models.create_model(variant, num_classes=num_classes, geometry=geometry, width=width,
-                               dropout_rate=dropout_rate, dtype=DTYPES[dtype])
+                               dropout_rate=dropout_rate, dtype=DTYPES[dtype], heads=heads)
 
 
 def init_params(model, rng: jax.Array | None = None, image_size: int = 32) -> Any:
@@ -62,6 +63,10 @@ class Network:
     def num_classes(self) -> int:
         return self.settings["num_classes"]
 
+    @property
+    def heads(self) -> tuple[tuple[str, int], ...]:
+        return models.head_specs(self.model.num_classes, self.model.heads)
+
 
 def load_network(weights: str, overrides: dict | None = None, mesh: Mesh | None = None) -> Network:
     """Weights (workdir, checkpoints dir or converted dir) -> Network; params must fit the model exactly."""
@@ -70,7 +75,7 @@ def load_network(weights: str, overrides: dict | None = None, mesh: Mesh | None 
     settings = artifacts.model_settings(weights, overrides)
     try:
         model = create_model(settings["variant"], num_classes=settings["num_classes"], width=settings["width"],
-                             geometry=settings["geometry"], dtype=settings["dtype"])
+                             geometry=settings["geometry"], dtype=settings["dtype"], heads=settings["heads"])
         template = init_params(model)
     except ValueError as error:  # unknown variant / geometry / dtype
         raise ValueError(f"{weights}: {error}") from None
@@ -139,22 +144,34 @@ def pad_stack(arrays: list[np.ndarray], shape: tuple[int, int], rows: int, value
 # ----------------------------------------------------------------------------- the pure steps
 
 
-def eval_step(params: Any, batch: dict, *, apply_fn, num_classes: int) -> dict:
-    """Confusion matrix (summed over the global batch), summed loss and the predicted masks."""
+def _suffix(index: int, name: str) -> str:
+    """Keys of the first head are plain ("confusion", "mean_iou"), the others' end in _<head name>."""
+    return "" if index == 0 else f"_{name}"
+
+
+def eval_step(params: Any, batch: dict, *, apply_fn, heads: tuple[tuple[str, int], ...]) -> dict:
+    """Per head (models.head_specs): confusion matrix (summed over the global batch), summed loss and valid
+    pixels; and the predicted masks, (B, H, W) or (B, H, W, heads)."""
     logits = apply_fn({"params": params}, batch["image"], train=False)
-    prediction = jnp.argmax(logits, -1)
-    loss_sum, num_valid = losses.pixel_cross_entropy(logits, batch["label"], reduction="sum")
-    return {
-        "confusion": metrics.confusion_matrix(prediction, batch["label"], num_classes),
-        "loss_sum": loss_sum,
-        "num_valid": num_valid,
-        "prediction": prediction.astype(jnp.uint8),
-    }
+    out, predictions = {}, []
+    for index, ((name, classes), (head_logits, labels)) in enumerate(
+            zip(heads, losses.split_heads(logits, batch["label"], tuple(k for _, k in heads)))):
+        prediction = jnp.argmax(head_logits, -1)
+        suffix = _suffix(index, name)
+        out[f"loss_sum{suffix}"], out[f"num_valid{suffix}"] = losses.pixel_cross_entropy(
+            head_logits, labels, reduction="sum")
+        out[f"confusion{suffix}"] = metrics.confusion_matrix(prediction, labels, classes)
+        predictions.append(prediction)
+    out["prediction"] = (predictions[0] if len(predictions) == 1 else jnp.stack(predictions, -1)).astype(jnp.uint8)
+    return out
 
 
-def predict_step(params: Any, batch: dict, *, apply_fn) -> jax.Array:
-    """(B, H, W) uint8 class ids: argmax of the logits."""
-    return jnp.argmax(apply_fn({"params": params}, batch["image"], train=False), -1).astype(jnp.uint8)
+def predict_step(params: Any, batch: dict, *, apply_fn, heads: tuple[tuple[str, int], ...]) -> jax.Array:
+    """(B, H, W) uint8 class ids, the argmax of the logits; (B, H, W, heads) for several heads."""
+    logits = apply_fn({"params": params}, batch["image"], train=False)
+    labels = jnp.zeros(logits.shape[:3] + ((len(heads),) if len(heads) > 1 else ()), jnp.int32)
+    masks = [jnp.argmax(x, -1) for x, _ in losses.split_heads(logits, labels, tuple(k for _, k in heads))]
+    return (masks[0] if len(masks) == 1 else jnp.stack(masks, -1)).astype(jnp.uint8)
 
 
 class CompiledSteps:
@@ -187,17 +204,17 @@ class CompiledSteps:
         return out
 
 
-def eval_steps(apply_fn, num_classes: int, mesh: Mesh) -> CompiledSteps:
+def eval_steps(apply_fn, heads: tuple[tuple[str, int], ...], mesh: Mesh) -> CompiledSteps:
     """eval_step compiled per shape: statistics replicated, predicted masks left sharded by rows."""
-    step = functools.partial(eval_step, apply_fn=apply_fn, num_classes=num_classes)
+    step = functools.partial(eval_step, apply_fn=apply_fn, heads=heads)
     replicated = parallel.replicated(mesh)
-    return CompiledSteps(step, mesh, out_shardings={"confusion": replicated, "loss_sum": replicated,
-                                                    "num_valid": replicated,
-                                                    "prediction": parallel.batch_sharded(mesh)})
+    shardings = {f"{key}{_suffix(i, name)}": replicated for i, (name, _) in enumerate(heads)
+                 for key in ("confusion", "loss_sum", "num_valid")}
+    return CompiledSteps(step, mesh, out_shardings={**shardings, "prediction": parallel.batch_sharded(mesh)})
 
 
 def predict_steps(network: Network) -> CompiledSteps:
-    step = functools.partial(predict_step, apply_fn=network.model.apply)
+    step = functools.partial(predict_step, apply_fn=network.model.apply, heads=network.heads)
     return CompiledSteps(step, network.mesh, out_shardings=parallel.batch_sharded(network.mesh))
 
 
@@ -205,29 +222,44 @@ def predict_steps(network: Network) -> CompiledSteps:
 
 
 class Scores:
-    """Sums eval_step outputs over a split: one confusion matrix, as the reference's score.py does."""
+    """Sums eval_step outputs over a split: one confusion matrix per head, as the reference's score.py does."""
 
-    def __init__(self, num_classes: int):
-        self.confusion = np.zeros((num_classes, num_classes), np.int64)
-        self.loss_sum, self.num_valid = 0.0, 0
+    def __init__(self, heads: tuple[tuple[str, int], ...]):
+        self.suffixes = [_suffix(i, name) for i, (name, _) in enumerate(heads)]
+        self.confusions = {s: np.zeros((k, k), np.int64) for s, (_, k) in zip(self.suffixes, heads)}
+        self.loss_sums = dict.fromkeys(self.suffixes, 0.0)
+        self.num_valids = dict.fromkeys(self.suffixes, 0)
+
+    @property
+    def confusion(self) -> np.ndarray:
+        return self.confusions[""]
+
+    @property
+    def num_valid(self) -> int:
+        return self.num_valids[""]
 
     def add(self, out: dict) -> None:
-        stats = parallel.fetch({k: out[k] for k in ("confusion", "loss_sum", "num_valid")})
-        self.confusion += stats["confusion"]
-        self.loss_sum += float(stats["loss_sum"])
-        self.num_valid += int(stats["num_valid"])
+        stats = parallel.fetch({k: v for k, v in out.items() if k != "prediction"})
+        for s in self.suffixes:
+            self.confusions[s] += stats[f"confusion{s}"]
+            self.loss_sums[s] += float(stats[f"loss_sum{s}"])
+            self.num_valids[s] += int(stats[f"num_valid{s}"])
 
     def result(self) -> dict:
-        """segmentation_metrics of the summed confusion, plus the mean loss per valid pixel."""
-        result = metrics.segmentation_metrics(self.confusion)
-        result["loss"] = self.loss_sum / max(self.num_valid, 1)
+        """segmentation_metrics of each head's summed confusion and its mean loss per valid pixel; the first
+        head's keys are plain, the others' end in _<head name>."""
+        result = {}
+        for s in self.suffixes:
+            head = metrics.segmentation_metrics(self.confusions[s])
+            head["loss"] = self.loss_sums[s] / max(self.num_valids[s], 1)
+            result.update({f"{k}{s}": v for k, v in head.items()})
         return result
 
 
-def score(steps: CompiledSteps, params: Any, batches: Iterable[dict], num_classes: int,
+def score(steps: CompiledSteps, params: Any, batches: Iterable[dict], heads: tuple[tuple[str, int], ...],
           on_batch: Callable[[dict, dict], None] | None = None) -> Scores:
     """Runs `steps` (from eval_steps) on host batches {'image', 'label', ...}; `on_batch(out, batch)` after each."""
-    scores = Scores(num_classes)
+    scores = Scores(heads)
     for batch in batches:
         out = steps(params, {"image": batch["image"], "label": batch["label"]})
         scores.add(out)
@@ -238,7 +270,8 @@ def score(steps: CompiledSteps, params: Any, batches: Iterable[dict], num_classe
 
 def segment(network: Network, images: Iterable[tuple[Any, np.ndarray]], *, batch_size: int = 1,
             pad_multiple: int = 1, steps: CompiledSteps | None = None) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
-    """(key, uint8 RGB image) pairs -> (key, image, (H, W) uint8 mask), in groups of one padded size.
+    """(key, uint8 RGB image) pairs -> (key, image, (H, W) uint8 mask, (H, W, heads) for several heads), in
+    groups of one padded size.
 
     Order follows the groups, not the input. Pass `steps` (from `predict_steps`) to read its timings.
     """

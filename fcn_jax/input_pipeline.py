@@ -57,7 +57,12 @@ def shuffled_index(k: tf.Tensor, *, num_examples: int, seed: int) -> tf.Tensor:
         max_index=tf.constant(num_examples - 1, tf.int64))
 
 
-def read_example(source: Sequence[dict], index: int, num_classes: int = VOC_NUM_CLASSES):
+def label_dims(num_classes: int | tuple[int, ...]) -> list:
+    """Trailing label dims: none for one head, [heads] for several (one map a head)."""
+    return [len(num_classes)] if isinstance(num_classes, tuple) and len(num_classes) > 1 else []
+
+
+def read_example(source: Sequence[dict], index: int, num_classes: int | tuple[int, ...] = VOC_NUM_CLASSES):
     """source[index] as (image, label, id), checked (image_io.check_example)."""
     return check_example(source[int(index)], num_classes)
 
@@ -84,7 +89,7 @@ def numpy_batches(dataset: tf.data.Dataset):
 def _read_eval(source, k, *, pad_size, num_classes):
     """Stream element k of the eval split; past the end an empty dummy (padded later to all-ignore)."""
     if k >= len(source):
-        return np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), np.uint8), np.bytes_(b"")
+        return np.zeros((0, 0, 3), np.uint8), np.zeros([0, 0, *label_dims(num_classes)], np.uint8), np.bytes_(b"")
     image, label, example_id = read_example(source, k, num_classes)
     if image.shape[0] > pad_size[0] or image.shape[1] > pad_size[1]:
         raise ValueError(f"example {example_id.decode(errors='replace')!r}: image {image.shape[0]}x{image.shape[1]} "
@@ -107,7 +112,7 @@ def augment(image: tf.Tensor, label: tf.Tensor, *, rng_seed: tf.Tensor, crop_siz
     pixel), label 255.
     """
     u = tf.random.stateless_uniform([4], seed=rng_seed)  # scale, crop y, crop x, flip
-    size = tf.shape(label)
+    size = tf.shape(label)[:2]
     if scale_range is not None:
         scale = scale_range[0] + u[0] * (scale_range[1] - scale_range[0])
         scaled = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), 1)
@@ -151,7 +156,7 @@ def train_dataset(source: Sequence[dict], *, global_batch_size: int, crop_size: 
                   start_step: int = 0, process_index: int = 0, process_count: int = 1,
                   scale_range: tuple[float, float] | None = (0.5, 2.0), flip: bool = True,
                   normalization: str = "caffe_bgr", num_steps: int | None = None,
-                  num_classes: int = VOC_NUM_CLASSES) -> tf.data.Dataset:
+                  num_classes: int | tuple[int, ...] = VOC_NUM_CLASSES) -> tf.data.Dataset:
     """Host-local batches {'image': float32 (B/P, h, w, 3), 'label': int32 (B/P, h, w)} for steps start_step + 1 ..
 
     num_steps (None: without end). A finite stream lets the parallel readers stop with the last batch instead of
@@ -179,7 +184,7 @@ def train_dataset(source: Sequence[dict], *, global_batch_size: int, crop_size: 
         image, label = tf.numpy_function(read, [shuffled_index(k, num_examples=num_examples, seed=seed)],
                                          [tf.uint8, tf.uint8], stateful=False)
         image = tf.ensure_shape(image, [None, None, 3])
-        label = tf.ensure_shape(label, [None, None])
+        label = tf.ensure_shape(label, [None, None, *label_dims(num_classes)])
         image, label = augment(image, label, rng_seed=tf.stack([tf.constant(seed, tf.int64), k]),
                                crop_size=crop_size, scale_range=scale_range, flip=flip, normalization=normalization)
         return {"image": image, "label": label}
@@ -210,7 +215,7 @@ def _image_sizes(source: Sequence[dict]) -> list[tuple[int, int]]:
 
 def eval_dataset(source: Sequence[dict], *, batch_size: int, pad_size: tuple[int, int] | None = None,
                  normalization: str = "caffe_bgr", process_index: int = 0, process_count: int = 1,
-                 num_classes: int = VOC_NUM_CLASSES) -> tf.data.Dataset:
+                 num_classes: int | tuple[int, ...] = VOC_NUM_CLASSES) -> tf.data.Dataset:
     """Every example once, whole, padded to `pad_size`; `batch_size` is per process.
 
     Yields {'image': float32 (b, H, W, 3), 'label': int32 (b, H, W), 'id': string (b,), 'height', 'width': int32 (b,)}.
@@ -230,7 +235,7 @@ def eval_dataset(source: Sequence[dict], *, batch_size: int, pad_size: tuple[int
         k = stream_index(position, global_batch_size=batch_size * process_count, process_index=process_index,
                          process_count=process_count)
         image, label, example_id = tf.numpy_function(read, [k], [tf.uint8, tf.uint8, tf.string], stateful=False)
-        label = tf.ensure_shape(label, [None, None])
+        label = tf.ensure_shape(label, [None, None, *label_dims(num_classes)])
         return {"image": _pad_to(normalize(tf.ensure_shape(image, [None, None, 3]), normalization), pad_size, 0.0),
                 "label": _pad_to(tf.cast(label, tf.int32), pad_size, IGNORE_LABEL),
                 "id": tf.ensure_shape(example_id, []),

@@ -58,3 +58,22 @@ def pixel_cross_entropy(logits, labels, *, reduction: str = "mean",
     if reduction == "mean":
         total = total / jnp.maximum(num_valid, 1).astype(jnp.float32)
     return total, num_valid
+
+
+def split_heads(logits, labels, head_classes: tuple[int, ...]) -> list[tuple[jax.Array, jax.Array]]:
+    """(logits, labels) of each head of a multi-head FCN: its channels of the concatenated logits (N, H, W, sum K)
+    and its channel of the labels (N, H, W, heads); one head: the arrays as they are."""
+    if len(head_classes) == 1:
+        return [(logits, labels)]
+    if labels.ndim != 4 or labels.shape[-1] != len(head_classes):
+        raise ValueError(f"{len(head_classes)} heads need labels (N, H, W, {len(head_classes)}), got {labels.shape}")
+    starts = [sum(head_classes[:i]) for i in range(len(head_classes))]
+    return [(logits[..., start:start + k], labels[..., i]) for i, (start, k) in enumerate(zip(starts, head_classes))]
+
+
+def multi_head_cross_entropy(logits, labels, head_classes: tuple[int, ...], *,
+                             reduction: str = "mean") -> tuple[jax.Array, jax.Array]:
+    """Sum over heads of each head's pixel_cross_entropy (the reference's SIFT Flow net: loss + loss_geo), and
+    the first head's num_valid; with one head exactly pixel_cross_entropy."""
+    parts = [pixel_cross_entropy(x, y, reduction=reduction) for x, y in split_heads(logits, labels, head_classes)]
+    return sum(loss for loss, _ in parts), parts[0][1]

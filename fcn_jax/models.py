@@ -226,6 +226,11 @@ class FCN(nn.Module):
 
     Backbone and score layers compute in `dtype`; skip fusion and upsampling run in float32,
     which is cheap (num_classes channels) and keeps the at-once scaling and logits precise.
+
+    `heads` ((name, classes), ...) gives several score heads on one backbone, as the reference's SIFT Flow
+    net (score_fr_sem / score_fr_geo ...): each head has its own score, upsampling and fusion layers, named
+    with its suffix, and the logits of all heads are concatenated along the last axis in that order
+    (`head_slices`). () = one head of num_classes, with the reference's unsuffixed names.
     """
     num_classes: int = 21
     skips: tuple[str, ...] = ("pool4", "pool3")
@@ -234,11 +239,29 @@ class FCN(nn.Module):
     width: float = 1.0
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    heads: tuple[tuple[str, int], ...] = ()
 
-    def _score(self, name, x):
-        conv = nn.Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.zeros,
+    def _score(self, name, x, num_classes):
+        conv = nn.Conv(num_classes, (1, 1), kernel_init=nn.initializers.zeros,
                        dtype=self.dtype, param_dtype=jnp.float32, name=name)
         return conv(x).astype(jnp.float32)
+
+    def _head(self, feats, suffix: str, num_classes: int, offsets: dict, size):
+        score = self._score(f"score_fr{suffix}", feats["fc7"], num_classes)
+        for skip in self.skips:
+            up_name = _SKIP_UPSCORES[skip]
+            up = Upsample(num_classes, 4, 2, name=up_name + suffix)(score)
+            x = feats[skip] * _AT_ONCE_SCALES[skip] if self.at_once else feats[skip]
+            side = self._score(f"score_{skip}{suffix}", x, num_classes)
+            if up_name in offsets:
+                up = _crop(up, offsets[up_name], side.shape[1:3])
+            else:
+                side = _crop(side, offsets[f"score_{skip}"], up.shape[1:3])
+            score = up + side
+        stride = 32 >> len(self.skips)
+        name = _FINAL_UPSCORES[stride]
+        out = Upsample(num_classes, 2 * stride, stride, name=name + suffix)(score)
+        return _crop(out, offsets[name], size)
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -247,21 +270,14 @@ class FCN(nn.Module):
         offsets = crop_offsets(self.geometry, self.skips)
         feats = VGG16(self.geometry, self.width, self.dropout_rate, self.dtype,
                       name="backbone")(images, train)
-        score = self._score("score_fr", feats["fc7"])
-        for skip in self.skips:
-            up_name = _SKIP_UPSCORES[skip]
-            up = Upsample(self.num_classes, 4, 2, name=up_name)(score)
-            x = feats[skip] * _AT_ONCE_SCALES[skip] if self.at_once else feats[skip]
-            side = self._score(f"score_{skip}", x)
-            if up_name in offsets:
-                up = _crop(up, offsets[up_name], side.shape[1:3])
-            else:
-                side = _crop(side, offsets[f"score_{skip}"], up.shape[1:3])
-            score = up + side
-        stride = 32 >> len(self.skips)
-        name = _FINAL_UPSCORES[stride]
-        out = Upsample(self.num_classes, 2 * stride, stride, name=name)(score)
-        return _crop(out, offsets[name], images.shape[1:3])
+        heads = [(f"_{name}", classes) for name, classes in self.heads] or [("", self.num_classes)]
+        outs = [self._head(feats, suffix, classes, offsets, images.shape[1:3]) for suffix, classes in heads]
+        return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
+
+
+def head_specs(num_classes: int, heads=()) -> tuple[tuple[str, int], ...]:
+    """((name, classes), ...) of a model's score heads: `heads`, or one unnamed head of num_classes."""
+    return tuple((str(name), int(k)) for name, k in heads) or (("", int(num_classes)),)
 
 
 class FCN32s(FCN):

@@ -29,8 +29,8 @@ import numpy as np
 import optax
 from PIL import Image
 
-from fcn_jax import artifacts, checkpoints, convolutionalize as cv, image_io, inference, loop, metrics, parallel, \
-    predict, train, visualize
+from fcn_jax import artifacts, checkpoints, convolutionalize as cv, dataset_info, image_io, inference, loop, metrics, \
+    parallel, predict, sources, train, visualize
 from fcn_jax.constants import SCORES
 from fcn_jax.main import parse_flags as parse_absl_flags
 
@@ -53,8 +53,9 @@ def classifier_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
 
 def classifier_job(cfg: ml_collections.ConfigDict, fcn_config: ml_collections.ConfigDict, mesh) -> loop.Job:
     """The classifier's data, He-initialised state and final evaluation (accuracy on the eval split)."""
-    train_source, eval_source = train.load_sources(fcn_config)
-    train_examples, eval_examples = cv.classifier_examples(train_source), cv.classifier_examples(eval_source)
+    train_source, eval_source = sources.load_sources(fcn_config)
+    background = sources.describe_dataset(fcn_config)[0][1].background
+    train_examples, eval_examples = (cv.classifier_examples(source, background) for source in (train_source, eval_source))
     model = cv.VGG16Classifier(num_classes=cfg.num_classes, width=cfg.width)
     tx = optax.adam(train.learning_rate_schedule(cfg, cfg.num_steps))
     image_shape = (cfg.batch_size, cfg.input_size, cfg.input_size, 3)
@@ -149,7 +150,7 @@ def convolutionalize_stage(config: ml_collections.ConfigDict, workdir: str) -> d
     template = inference.init_params(train.create_model(model_config), train.init_key(config.fcn.seed))
     params = jax.device_get(cv.fcn_params_from_classifier(classifier_params, template))
 
-    _, eval_source = train.load_sources(config.fcn)
+    _, eval_source = sources.load_sources(config.fcn)
     images = np.stack([cv.classifier_input(eval_source[i]["image"], cfg.input_size, cfg.normalization)
                        for i in range(min(4, len(eval_source)))])
     loaded = [f"backbone/{name}" for name in params["backbone"]]
@@ -166,6 +167,7 @@ def convolutionalize_stage(config: ml_collections.ConfigDict, workdir: str) -> d
 
         shutil.rmtree(tmp)
     checkpoints.save_params(tmp, params, meta)
+    dataset_info.write(sources.describe_dataset(config.fcn), tmp)
     os.replace(tmp, directory)
     return meta
 
@@ -187,48 +189,60 @@ def fcn_stage(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
 # ----------------------------------------------------------------------------- stage 4: segment new images
 
 
-def write_heldout_scenes(directory: str, num_images: int, seed: int) -> tuple[str, str]:
-    """Fresh synthetic scenes (never seen in training: their own seed stream) as JPEGs + VOC label PNGs."""
+def write_heldout_scenes(directory: str, num_images: int, seed: int, source: str) -> tuple[str, str]:
+    """Fresh synthetic scenes (never seen in training: their own seed stream) as JPEGs + label PNGs, in the
+    label encoding of the synthetic `source` (VOC palette PNGs, or the folder example's colour-coded RGB)."""
     from fcn_jax import synthetic
 
+    if source == "synthetic_folder":
+        description = synthetic.folder_description()
+        to_class = np.zeros(256, np.uint8)
+        to_class[255] = 255
+        for k, (voc_id, _, _) in enumerate(synthetic.SHAPE_CLASSES, start=1):
+            to_class[voc_id] = k
+        encode = lambda classes: synthetic.rgb_label_png_bytes(to_class[classes], description["colors"])  # noqa: E731
+    else:
+        encode = synthetic.palette_png_bytes
     images_dir, labels_dir = os.path.join(directory, "images"), os.path.join(directory, "labels")
     os.makedirs(images_dir, exist_ok=True)
     os.makedirs(labels_dir, exist_ok=True)
     for n in range(num_images):
         image, classes = synthetic.scene(np.random.default_rng((seed, 7, n)))
         pathlib.Path(images_dir, f"heldout_{n:03d}.jpg").write_bytes(synthetic.jpeg_bytes(image))
-        pathlib.Path(labels_dir, f"heldout_{n:03d}.png").write_bytes(
-            synthetic.palette_png_bytes(synthetic.with_borders(classes)))
+        pathlib.Path(labels_dir, f"heldout_{n:03d}.png").write_bytes(encode(synthetic.with_borders(classes)))
     return images_dir, labels_dir
 
 
-def segment_images(network: inference.Network, images_dir: str, labels_dir: str | None, output: str,
-                   workdir: str, cfg: ml_collections.ConfigDict) -> dict:
+def segment_images(network: inference.Network, heads: dataset_info.Heads, images_dir: str,
+                   labels_dir: str | None, output: str, workdir: str, cfg: ml_collections.ConfigDict) -> dict:
     """Masks and overlays of every image in images_dir; with labels, the scores and ground-truth overlays."""
     from fcn_jax import evaluate
 
     paths = image_io.find_images([images_dir])
+    info = heads[0][1]  # the first head's masks are scored and reported
     labels = {}
     if labels_dir:
-        labels = {stem: label_path for stem, _, label_path in evaluate.FolderSource(images_dir, labels_dir).pairs}
+        labels = {stem: label_path for stem, _, label_path in evaluate.FolderSource(images_dir, labels_dir, info).pairs}
     os.makedirs(output, exist_ok=True)
-    names = predict.class_names(network.num_classes)
+    names = info.classes
     confusion = np.zeros((network.num_classes,) * 2, np.int64)
     outputs = []
     for path, image, mask in inference.segment(network, ((p, image_io.read_rgb(p)) for p in paths),
                                                batch_size=cfg.batch_size, pad_multiple=cfg.pad_multiple):
-        predict.write_outputs(output, path, image, mask, names, figure=False)
+        predict.write_outputs(output, path, image, mask, heads, figure=False)
+        mask = mask if mask.ndim == 2 else mask[..., 0]
         stem = os.path.splitext(os.path.basename(path))[0]
         entry = {"image": os.path.relpath(path, workdir),
                  "overlay": os.path.relpath(os.path.join(output, f"{stem}_overlay.jpg"), workdir),
-                 "classes": [names[c] for c in np.unique(mask) if c != 0]}
+                 "classes": [names[c] for c in np.unique(mask) if c != info.background]}
         if stem in labels:
-            label = image_io.read_voc_label(labels[stem])
+            label = info.decode(labels[stem])
             image_confusion = np.asarray(metrics.confusion_matrix(mask, label, network.num_classes), np.int64)
             confusion += image_confusion
             entry["pixel_acc"] = float(np.trace(image_confusion) / max(image_confusion.sum(), 1))
             gt_path = os.path.join(output, f"{stem}_gt_overlay.jpg")
-            Image.fromarray(visualize.overlay(image, label)).save(gt_path, quality=90)
+            Image.fromarray(visualize.overlay(image, label, palette=info.palette(), background=info.background)).save(
+                gt_path, quality=90)
             entry["gt_overlay"] = os.path.relpath(gt_path, workdir)
         outputs.append(entry)
     outputs.sort(key=lambda e: e["image"])
@@ -249,9 +263,12 @@ def segment_stage(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if cfg.images:
             images_dir, labels_dir = cfg.images, cfg.labels or None
         else:
-            images_dir, labels_dir = write_heldout_scenes(os.path.join(directory, "heldout"), cfg.num_images, cfg.seed)
+            images_dir, labels_dir = write_heldout_scenes(os.path.join(directory, "heldout"), cfg.num_images, cfg.seed,
+                                                          config.fcn.data.source)
         network = inference.load_network(weights)
-        result = segment_images(network, images_dir, labels_dir, os.path.join(directory, "predictions"), workdir, cfg)
+        heads = dataset_info.for_weights(weights, tuple(k for _, k in network.heads))
+        result = segment_images(network, heads, images_dir, labels_dir, os.path.join(directory, "predictions"),
+                                workdir, cfg)
         return {"weights": os.path.relpath(weights, workdir), **result}
 
     return _cached(directory, cfg, compute)
@@ -265,6 +282,10 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_count() > 1:
         raise train.ConfigError("the pipeline runs as a single process; launch it without --num_processes")
     workdir = os.path.abspath(os.path.expanduser(workdir))
+    train.resolve_num_classes(config.fcn)  # 0: the dataset's count, before the classifier takes it
+    if not config.segment.images and config.fcn.data.source not in ("synthetic", "synthetic_folder"):
+        raise train.ConfigError("config.segment.images is empty: name a folder of new images to segment (held-out "
+                                "scenes are drawn only for the synthetic sources)")
     for _, stage_config in fcn_stage_configs(config, workdir):  # bad stages fail before the classifier trains
         train.validate_config(stage_config)
     os.makedirs(workdir, exist_ok=True)

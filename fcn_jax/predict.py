@@ -2,10 +2,11 @@
 
     python -m fcn_jax.predict --weights weights/fcn8s_pascal --input photo.jpg more_photos/ --output out/
 
-For each image, out/<stem>.png is the predicted mask as a VOC palette PNG (the
-pixel indices are the class ids), out/<stem>_overlay.jpg the classes blended
+For each image, out/<stem>.png is the predicted mask as a palette PNG (the
+pixel indices are the class ids, the colours the dataset's), out/<stem>_overlay.jpg the classes blended
 over the image, and with --figure out/<stem>_figure.png shows image |
-prediction | the names of the classes present. --weights takes a training
+prediction | the names of the classes present. Names and colours come from the
+dataset.json stored with the weights (or --dataset). --weights takes a training
 workdir, its checkpoints/ dir, or converted weights (python -m fcn_jax.convert);
 the model settings and the input normalisation come with them (config.json of
 the run, or fcn_jax_weights.json), and --variant etc. override them.
@@ -32,14 +33,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from fcn_jax import artifacts, image_io, inference, models, visualize
-from fcn_jax.constants import NORMALIZATIONS, VOC_CLASSES
-
-
-def class_names(num_classes: int) -> tuple[str, ...]:
-    if num_classes == len(VOC_CLASSES):
-        return VOC_CLASSES
-    return tuple(f"class_{i}" for i in range(num_classes))
+from fcn_jax import artifacts, dataset_info, image_io, inference, models, visualize
+from fcn_jax.constants import NORMALIZATIONS
 
 
 # ----------------------------------------------------------------------------- files
@@ -52,15 +47,16 @@ def prepare_output(directory: str) -> str:
     return directory
 
 
-def save_figure(path: str, image: np.ndarray, mask: np.ndarray, names: tuple[str, ...]) -> None:
-    """image | prediction | legend of the classes present (matplotlib, no pyplot global state)."""
+def save_figure(path: str, image: np.ndarray, mask: np.ndarray, info: dataset_info.DatasetInfo) -> None:
+    """image | prediction | legend of the classes present, named by the dataset (matplotlib, no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    palette = visualize.voc_palette() / 255.0
+    palette = info.palette()
     present = [int(c) for c in np.unique(mask)]
-    handles = [Patch(color=palette[c], label=names[c] if c < len(names) else str(c)) for c in present]
+    handles = [Patch(color=palette[c] / 255.0, label=info.classes[c] if c < info.num_classes else str(c))
+               for c in present]
     columns = -(-len(handles) // 12)  # at most 12 names a column: fits the 4-inch height
     height, width = mask.shape
     panel, legend = 4.0 * width / height, 1.7 * columns  # inches, panels 4 inches high
@@ -69,7 +65,7 @@ def save_figure(path: str, image: np.ndarray, mask: np.ndarray, names: tuple[str
     axes = figure.subplots(1, 3, gridspec_kw={"width_ratios": [panel, panel, legend]})
     axes[0].imshow(image)
     axes[0].set_title("image")
-    axes[1].imshow(visualize.colorize(mask), interpolation="nearest")
+    axes[1].imshow(visualize.colorize(mask, palette), interpolation="nearest")
     axes[1].set_title("prediction")
     axes[2].legend(handles=handles, loc="center left", ncol=columns, fontsize="small", frameon=False)
     for ax in axes:
@@ -78,13 +74,20 @@ def save_figure(path: str, image: np.ndarray, mask: np.ndarray, names: tuple[str
     figure.savefig(path, dpi=100)
 
 
-def write_outputs(directory: str, path: str, image: np.ndarray, mask: np.ndarray, names: tuple[str, ...],
+def write_outputs(directory: str, path: str, image: np.ndarray, mask: np.ndarray, heads: dataset_info.Heads,
                   figure: bool) -> None:
+    """<stem>.png, <stem>_overlay.jpg (and <stem>_figure.png); the masks of a second head and later ones get
+    the head's name after the stem (<stem>_geo.png ...)."""
     stem = os.path.splitext(os.path.basename(path))[0]
-    visualize.save_mask(mask, os.path.join(directory, f"{stem}.png"))
-    Image.fromarray(visualize.overlay(image, mask)).save(os.path.join(directory, f"{stem}_overlay.jpg"), quality=90)
-    if figure:
-        save_figure(os.path.join(directory, f"{stem}_figure.png"), image, mask, names)
+    masks = [mask] if mask.ndim == 2 else [mask[..., i] for i in range(mask.shape[-1])]
+    for index, ((name, info), head_mask) in enumerate(zip(heads, masks)):
+        out = os.path.join(directory, stem + (f"_{name}" if index else ""))
+        palette = info.palette()
+        visualize.save_mask(head_mask, f"{out}.png", palette)
+        Image.fromarray(visualize.overlay(image, head_mask, palette=palette, background=info.background)).save(
+            f"{out}_overlay.jpg", quality=90)
+        if figure:
+            save_figure(f"{out}_figure.png", image, head_mask, info)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -100,6 +103,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--geometry", choices=models.GEOMETRIES)
     group.add_argument("--width", type=float)
     group.add_argument("--normalization", choices=NORMALIZATIONS)
+    group.add_argument("--dataset", help="class names and colours: a preset (voc, cityscapes, ade20k, pascal_context, "
+                                         "sift_flow, ...) or a classes.json; default: the dataset.json stored with "
+                                         "the weights")
     parser.add_argument("--batch_size", type=int, default=1,
                         help="images per step (same padded size), rounded up to a multiple of the devices")
     parser.add_argument("--pad_multiple", type=int, default=1,
@@ -128,13 +134,13 @@ def main(argv=None) -> int:
         paths = image_io.find_images(args.input)
         directory = prepare_output(args.output)
         network = inference.load_network(args.weights, overrides(args))
-        names = class_names(network.num_classes)
+        heads = dataset_info.for_weights(args.weights, tuple(k for _, k in network.heads), args.dataset)
         steps = inference.predict_steps(network)
         images = ((path, image_io.read_rgb(path)) for path in paths)
         with tqdm(total=len(paths), desc="predict", unit="image", dynamic_ncols=True) as progress:
             for path, image, mask in inference.segment(network, images, batch_size=args.batch_size,
                                                        pad_multiple=args.pad_multiple, steps=steps):
-                write_outputs(directory, path, image, mask, names, args.figure)
+                write_outputs(directory, path, image, mask, heads, args.figure)
                 progress.update(1)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

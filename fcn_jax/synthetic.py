@@ -13,6 +13,10 @@ segmentation images SBD never saw. SBD covers every other VOC id plus
 SBD-only images, and about a third of the VOC val ids it covers are in SBD
 train, as on the real data (375 of VOC2011's 1111).
 
+`--layout folder` writes the same kind of scenes as a dataset of your own would look: images/{train,val}/,
+colour-coded RGB label PNGs in labels/{train,val}/ (white = ignore borders) and a classes.json naming the
+shapes for what they are (fcn_jax.layouts, "folder").
+
 Same arguments and seed -> byte-identical files. A marker file makes it
 idempotent: a complete tree is never rewritten.
 """
@@ -32,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fcn_jax.constants import SBD_DIR, VOC_DIR
-from fcn_jax.image_io import VOC_PALETTE
+from fcn_jax.dataset_info import PRESETS, dumps
 
 # (VOC class id, shape, hue of its colour family)
 SHAPE_CLASSES = (
@@ -134,7 +138,7 @@ def jpeg_bytes(image: np.ndarray) -> bytes:
 def palette_png_bytes(label: np.ndarray) -> bytes:
     """A VOC SegmentationClass PNG: palette mode, indices = class ids."""
     image = Image.fromarray(label)  # mode L; putpalette makes it P
-    image.putpalette(VOC_PALETTE.tobytes())
+    image.putpalette(PRESETS["voc"].palette().tobytes())
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -216,17 +220,80 @@ def write_synthetic_voc(root: str, *, num_train: int = 300, num_val: int = 60,
     return root
 
 
+# ---------------------------------------------------------------- the folder layout
+
+
+FOLDER_IGNORE_COLOUR = (255, 255, 255)
+
+
+def folder_description() -> dict:
+    """classes.json of the folder example: background and the five shapes, each in its own colour family."""
+    colours = [[0, 0, 0]] + [[int(v) for v in np.rint(_hsv(hue, 0.8, 0.9))] for _, _, hue in SHAPE_CLASSES]
+    return {"name": "shapes", "classes": ["background"] + [kind for _, kind, _ in SHAPE_CLASSES],
+            "colors": colours, "encoding": "rgb", "ignore_color": list(FOLDER_IGNORE_COLOUR), "background": 0}
+
+
+def rgb_label_png_bytes(label: np.ndarray, colours: list, ignore_colour=FOLDER_IGNORE_COLOUR) -> bytes:
+    """A colour-coded label: each class id (0..K-1) painted in its colour, 255 in the ignore colour."""
+    table = np.zeros((256, 3), np.uint8)
+    table[:len(colours)] = colours
+    table[255] = ignore_colour
+    buffer = io.BytesIO()
+    Image.fromarray(table[label]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_synthetic_folder(root: str, *, num_train: int = 240, num_val: int = 60, seed: int = 0) -> str:
+    """Writes the folder-layout example under root once (classes.json, images/, labels/); returns root."""
+    for name, value in (("num_train", num_train), ("num_val", num_val)):
+        if value < 1:
+            raise ValueError(f"synthetic data: {name}={value} must be at least 1")
+    out = pathlib.Path(root)
+    params = {"layout": "folder", "num_train": num_train, "num_val": num_val, "seed": seed}
+    marker = out / MARKER
+    if marker.exists():
+        written = json.loads(marker.read_text())
+        if written != params:
+            raise ValueError(f"{marker}: synthetic data written with {written}, not {params}; use another root")
+        return root
+    description = folder_description()
+    to_class = {voc_id: k for k, (voc_id, _, _) in enumerate(SHAPE_CLASSES, start=1)}
+    lut = np.zeros(256, np.uint8)
+    for voc_id, k in to_class.items():
+        lut[voc_id] = k
+    lut[255] = 255
+    n = 0
+    for split, count in (("train", num_train), ("val", num_val)):
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for _ in tqdm(range(count), desc=f"synthetic folder {split}", disable=count < 50):
+            image, classes = scene(np.random.default_rng((seed, 3, n)))
+            stem = f"shapes_{n:05d}"
+            (out / "images" / split / f"{stem}.jpg").write_bytes(jpeg_bytes(image))
+            (out / "labels" / split / f"{stem}.png").write_bytes(
+                rgb_label_png_bytes(lut[with_borders(classes)], description["colors"]))
+            n += 1
+    (out / "classes.json").write_text(dumps(description))
+    marker.write_text(json.dumps(params))
+    return root
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="root folder (use it as voc_dataset's --manual_dir)")
+    parser.add_argument("--out", required=True, help="root folder (use it as the dataset's --manual_dir)")
+    parser.add_argument("--layout", choices=("voc", "folder"), default="voc",
+                        help="voc: VOCdevkit + SBD trees; folder: images/, RGB labels/, classes.json")
     parser.add_argument("--num_train", type=int, default=300)
     parser.add_argument("--num_val", type=int, default=60)
     parser.add_argument("--num_sbd_only", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        print(write_synthetic_voc(args.out, num_train=args.num_train, num_val=args.num_val,
-                                  num_sbd_only=args.num_sbd_only, seed=args.seed))
+        if args.layout == "folder":
+            print(write_synthetic_folder(args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed))
+        else:
+            print(write_synthetic_voc(args.out, num_train=args.num_train, num_val=args.num_val,
+                                      num_sbd_only=args.num_sbd_only, seed=args.seed))
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
 

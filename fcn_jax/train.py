@@ -19,7 +19,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from fcn_jax import artifacts, checkpoints, inference, losses, loop, metrics, models, parallel, visualize
+from fcn_jax import artifacts, checkpoints, dataset_info, inference, losses, loop, metrics, models, parallel, sources, \
+    visualize
 from fcn_jax.constants import EVAL_SPLITS, IGNORE_LABEL, TRAIN_SPLITS
 
 
@@ -38,7 +39,8 @@ def create_model(model_config: ml_collections.ConfigDict) -> models.FCN:
     try:
         return inference.create_model(model_config.variant, num_classes=model_config.num_classes,
                                       geometry=model_config.geometry, width=model_config.width,
-                                      dropout_rate=model_config.dropout_rate, dtype=model_config.dtype)
+                                      dropout_rate=model_config.dropout_rate, dtype=model_config.dtype,
+                                      heads=model_config.heads)
     except ValueError as error:
         raise ConfigError(f"config.model: {error}") from None
 
@@ -135,13 +137,17 @@ def all_finite(tree: Any) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_reduction: str,
-               num_classes: int) -> tuple[TrainState, dict]:
-    """One SGD step on a global batch. A non-finite loss or gradient leaves the state unchanged."""
+               num_classes: int | tuple[int, ...]) -> tuple[TrainState, dict]:
+    """One SGD step on a global batch. A non-finite loss or gradient leaves the state unchanged.
+
+    num_classes: the classes of each score head (a tuple for a multi-head FCN, whose loss sums the heads')."""
+    head_classes = (num_classes,) if isinstance(num_classes, int) else tuple(num_classes)
     dropout_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
         logits = state.apply_fn({"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng})
-        loss, num_valid = losses.pixel_cross_entropy(logits, batch["label"], reduction=loss_reduction)
+        loss, num_valid = losses.multi_head_cross_entropy(logits, batch["label"], head_classes,
+                                                          reduction=loss_reduction)
         return loss, (logits, num_valid)
 
     (loss, (logits, num_valid)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -149,7 +155,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_reduction
     # cond, not a select over the whole state: only one branch runs, and the donated state is updated
     # in place instead of keeping old and new copies alive (benchmarks/train_step.py, BENCHMARKS.md).
     new_state = jax.lax.cond(finite, lambda s: s.apply_gradients(grads=grads), lambda s: s, state)
-    confusion = metrics.confusion_matrix(jnp.argmax(logits, -1), batch["label"], num_classes)
+    first_logits, first_labels = losses.split_heads(logits, batch["label"], head_classes)[0]
+    confusion = metrics.confusion_matrix(jnp.argmax(first_logits, -1), first_labels, head_classes[0])
     return new_state, {
         "loss": loss,
         "finite": finite,
@@ -171,17 +178,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.geometry={config.model.geometry!r}: expected caffe or same")
     if config.loss_reduction not in ("sum", "mean"):
         raise ConfigError(f"config.loss_reduction={config.loss_reduction!r}: expected sum or mean")
-    if config.data.source not in ("voc", "synthetic"):
-        raise ConfigError(f"config.data.source={config.data.source!r}: expected voc or synthetic")
-    if config.data.source == "voc" and not config.data.manual_dir:
-        raise ConfigError("config.data.manual_dir is empty: point it at the folder holding VOCdevkit/ and "
-                         "benchmark_RELEASE/ (see README, 'Using the real PASCAL VOC2012 + SBD')")
-    if config.data.source == "voc" and not os.path.isdir(os.path.expanduser(config.data.manual_dir)):
+    if config.data.source not in sources.SOURCES:
+        raise ConfigError(f"config.data.source={config.data.source!r}: expected one of {', '.join(sources.SOURCES)}")
+    if config.data.source not in ("synthetic", "synthetic_folder") and not config.data.manual_dir:
+        raise ConfigError("config.data.manual_dir is empty: point it at the dataset's folder (for voc the one "
+                          "holding VOCdevkit/ and benchmark_RELEASE/; see README, 'Train on your own data')")
+    if config.data.source not in ("synthetic", "synthetic_folder") and \
+            not os.path.isdir(os.path.expanduser(config.data.manual_dir)):
         raise ConfigError(f"config.data.manual_dir={config.data.manual_dir!r} does not exist")
-    splits = TRAIN_SPLITS + EVAL_SPLITS
-    for key in ("train_split", "eval_split"):
-        if config.data[key] not in splits:
-            raise ConfigError(f"config.data.{key}={config.data[key]!r}: expected one of {', '.join(splits)}")
+    if config.data.source in ("voc", "synthetic"):  # the other layouts' splits are known once their files are listed
+        splits = TRAIN_SPLITS + EVAL_SPLITS
+        for key in ("train_split", "eval_split"):
+            if config.data[key] not in splits:
+                raise ConfigError(f"config.data.{key}={config.data[key]!r}: expected one of {', '.join(splits)}")
     for key in ("num_steps", "log_every", "eval_every", "checkpoint_every", "global_batch_size"):
         if config.train[key] <= 0:
             raise ConfigError(f"config.train.{key}={config.train[key]} must be positive")
@@ -209,30 +218,28 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 # ----------------------------------------------------------------------------- data
 
 
-def load_sources(config: ml_collections.ConfigDict):
-    """(train source, eval source): random-access splits of the tfds VOC/SBD builder."""
-    from fcn_jax import synthetic, voc_dataset  # tfds import is slow: only when data is needed
+def resolve_num_classes(config: ml_collections.ConfigDict) -> dataset_info.Heads:
+    """The dataset's description of each head; sets config.model.num_classes (and .heads for several) from it
+    when num_classes is 0. Another count is kept (e.g. a superset for later data), the description cut or
+    extended to it, with a warning."""
+    try:
+        heads = sources.describe_dataset(config)
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"config.data: {error}") from None
+    first = heads[0][1]
+    if config.model.num_classes == 0:
+        config.model.num_classes = first.num_classes
+    elif config.model.num_classes != first.num_classes and 1 <= config.model.num_classes <= IGNORE_LABEL:
+        logging.warning("config.model.num_classes=%d, but the %s dataset has %d classes (0 takes the dataset's)",
+                        config.model.num_classes, first.name, first.num_classes)
+        heads = (("", first.with_num_classes(config.model.num_classes)),) + heads[1:]
+    if len(heads) > 1:
+        config.model.heads = tuple((head, info.num_classes) for head, info in heads)
+    return heads
 
-    data = config.data
-    manual_dir = os.path.expanduser(data.manual_dir)
-    data_dir = os.path.expanduser(data.data_dir)
-    if data.source == "synthetic":
-        if jax.process_index() == 0:
-            synthetic.write_synthetic_voc(manual_dir, num_train=data.synthetic_train, num_val=data.synthetic_val,
-                                          seed=data.synthetic_seed)
-        _sync("synthetic data written")
-    if jax.process_index() == 0:
-        voc_dataset.prepare(data_dir, manual_dir, skip_bad_examples=data.skip_bad_examples)
-    _sync("dataset prepared")
-    return tuple(voc_dataset.load_split(data_dir, split, manual_dir, skip_bad_examples=data.skip_bad_examples)
-                 for split in (data.train_split, data.eval_split))
 
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
+def model_heads(model_config: ml_collections.ConfigDict) -> tuple[tuple[str, int], ...]:
+    return models.head_specs(model_config.num_classes, model_config.heads)
 
 
 def eval_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int]:
@@ -245,7 +252,7 @@ def eval_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> tup
 
 
 def validate(params: Any, step: int, *, config: ml_collections.ConfigDict, eval_source, steps: inference.CompiledSteps,
-             workdir: str) -> dict:
+             workdir: str, info: dataset_info.Heads) -> dict:
     """Scores over the whole eval split (padded to eval.pad_size), and a few sample masks of process 0."""
     from fcn_jax import input_pipeline
 
@@ -253,23 +260,28 @@ def validate(params: Any, step: int, *, config: ml_collections.ConfigDict, eval_
     dataset = input_pipeline.eval_dataset(
         eval_source, batch_size=per_process, pad_size=tuple(config.eval.pad_size) or None,
         normalization=config.data.normalization, process_index=jax.process_index(),
-        process_count=jax.process_count(), num_classes=config.model.num_classes)
+        process_count=jax.process_count(), num_classes=tuple(k for _, k in model_heads(config.model)))
     sample_dir = os.path.join(workdir, artifacts.SAMPLES_DIR, f"step_{step:06d}")
     saved = [0]
 
     def save_samples(out: dict, batch: dict) -> None:
         if jax.process_index() == 0 and saved[0] < config.eval.num_samples:  # one writer
-            saved[0] += _save_samples(out["prediction"], batch, sample_dir, config.eval.num_samples - saved[0])
+            saved[0] += _save_samples(out["prediction"], batch, sample_dir, config.eval.num_samples - saved[0],
+                                      info[0][1].palette())
 
-    result = inference.score(steps, params, input_pipeline.numpy_batches(dataset), config.model.num_classes,
+    heads = model_heads(config.model)
+    result = inference.score(steps, params, input_pipeline.numpy_batches(dataset), heads,
                              on_batch=save_samples).result()
+    for index, (name, head_info) in enumerate(info):  # metrics.jsonl names the classes
+        key = "per_class_iou" + (f"_{name}" if index else "")
+        result[key] = dict(zip(head_info.classes, result[key]))
     logging.info("step %d %s: pixel acc %.4f  mean acc %.4f  mean IU %.4f  fw IU %.4f (%d eval compilation(s))",
                  step, config.data.eval_split, result["pixel_acc"], result["mean_acc"], result["mean_iou"],
                  result["fw_iou"], steps.compilations)
     return result
 
 
-def _save_samples(prediction: jax.Array, batch: dict, directory: str, limit: int) -> int:
+def _save_samples(prediction: jax.Array, batch: dict, directory: str, limit: int, palette: np.ndarray) -> int:
     """Predicted and ground-truth palette PNGs of this process's first real images."""
     os.makedirs(directory, exist_ok=True)
     shards = sorted(prediction.addressable_shards, key=lambda s: s.index[0].start or 0)
@@ -280,8 +292,11 @@ def _save_samples(prediction: jax.Array, batch: dict, directory: str, limit: int
         if not image_id or saved >= limit:
             continue
         h, w = int(batch["height"][i]), int(batch["width"][i])
-        visualize.save_mask(local[i, :h, :w], os.path.join(directory, f"{image_id}_pred.png"))
-        visualize.save_mask(batch["label"][i, :h, :w].astype(np.uint8), os.path.join(directory, f"{image_id}_gt.png"))
+        prediction, label = local[i, :h, :w], batch["label"][i, :h, :w].astype(np.uint8)
+        if prediction.ndim == 3:  # several heads: the first one's masks
+            prediction, label = prediction[..., 0], label[..., 0]
+        visualize.save_mask(prediction, os.path.join(directory, f"{image_id}_pred.png"), palette)
+        visualize.save_mask(label, os.path.join(directory, f"{image_id}_gt.png"), palette)
         saved += 1
     return saved
 
@@ -299,11 +314,13 @@ def _init_from(state: TrainState, path: str, mesh) -> TrainState:
     return parallel.replicate(host_state.replace(params=params, opt_state=host_state.tx.init(params)), mesh)
 
 
-def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh) -> loop.Job:
+def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh, info: dataset_info.Heads) -> loop.Job:
     """The data, fresh state, step and validation of an FCN training run (the data is prepared here)."""
     from fcn_jax import input_pipeline
 
-    train_source, eval_source = load_sources(config)
+    if jax.process_index() == 0:  # evaluate/predict name the classes from it
+        dataset_info.write(info, workdir)
+    train_source, eval_source = sources.load_sources(config)
     pad_size = tuple(config.eval.pad_size)
     oversized = input_pipeline.oversized_image(eval_source, pad_size) if pad_size else None
     if oversized:  # found now, not at the first evaluation thousands of steps in
@@ -325,20 +342,21 @@ def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh) -> loop.Job:
             seed=config.seed, start_step=start_step, process_index=jax.process_index(),
             process_count=jax.process_count(), scale_range=tuple(config.data.scale_range) or None,
             flip=config.data.flip, normalization=config.data.normalization, num_steps=config.train.num_steps,
-            num_classes=config.model.num_classes)
+            num_classes=head_classes)
         return input_pipeline.numpy_batches(dataset)
 
+    head_classes = tuple(k for _, k in model_heads(config.model))
+    label_shape = image_shape[:3] + ((len(head_classes),) if len(head_classes) > 1 else ())  # a label map a head
     schedule = jax.jit(learning_rate_schedule(config.optim, num_updates(config)))  # one compile, not one per op
-    eval_steps = inference.eval_steps(model.apply, config.model.num_classes, mesh)
+    eval_steps = inference.eval_steps(model.apply, model_heads(config.model), mesh)
     return loop.Job(
         state=state, rng=jax.device_put(jax.random.PRNGKey(config.seed), replicated),
-        step_fn=functools.partial(train_step, loss_reduction=config.loss_reduction,
-                                  num_classes=config.model.num_classes),
+        step_fn=functools.partial(train_step, loss_reduction=config.loss_reduction, num_classes=head_classes),
         abstract_batch={"image": jax.ShapeDtypeStruct(image_shape, jnp.float32, sharding=sharded),
-                        "label": jax.ShapeDtypeStruct(image_shape[:3], jnp.int32, sharding=sharded)},
+                        "label": jax.ShapeDtypeStruct(label_shape, jnp.int32, sharding=sharded)},
         batches=batches, batch_size=config.train.global_batch_size, mesh=mesh, log_keys=("loss", "pixel_acc"),
         evaluate=functools.partial(validate, config=config, eval_source=eval_source, steps=eval_steps,
-                                   workdir=workdir),
+                                   workdir=workdir, info=info),
         eval_split=config.data.eval_split,
         init=functools.partial(_init_from, path=config.init_from, mesh=mesh) if config.init_from else None,
         learning_rate=lambda step: float(schedule((step - 1) // config.optim.grad_accum_steps)),
@@ -359,6 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The result holds the last evaluation's metrics, the median training images/s and the param count; a
     workdir that already finished under this config returns its stored result.json at once.
     """
+    info = resolve_num_classes(config)
     validate_config(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -372,4 +391,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         parallel.check_batch_size(config.train.global_batch_size, mesh)
     except ValueError as error:
         raise ConfigError(f"config.train.global_batch_size: {error}") from None
-    return loop.run(json.loads(config.to_json()), workdir, cadence(config.train), lambda: fcn_job(config, workdir, mesh))
+    return loop.run(json.loads(config.to_json()), workdir, cadence(config.train),
+                    lambda: fcn_job(config, workdir, mesh, info))

@@ -53,7 +53,9 @@ import tensorflow_datasets as tfds
 
 from fcn_jax import input_pipeline  # noqa: F401  (imported first: it keeps TF off the accelerators)
 from fcn_jax.constants import EVAL_SPLITS, SBD_DIR, TRAIN_SPLITS, VOC_DIR
-from fcn_jax.image_io import BadExampleError, check_label_values, decode, is_upright, read_voc_label, to_rgb
+from fcn_jax.dataset_info import PRESETS
+from fcn_jax.image_io import BadExampleError, check_label_values, stored_image
+from fcn_jax.layouts import ExampleFiles, read_id_list
 SPLITS = TRAIN_SPLITS + EVAL_SPLITS
 LAYOUT = (
     f"{VOC_DIR}/{{JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
@@ -65,17 +67,6 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- id lists
-
-
-def read_id_list(path: pathlib.Path) -> list[str]:
-    """The ids of a split list, one a line; an id listed twice would be trained or scored twice: an error."""
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    seen: dict[str, int] = {}
-    for number, image_id in enumerate(ids, start=1):
-        if image_id in seen:
-            raise BadExampleError(f"{path}: id {image_id!r} is listed twice (entries {seen[image_id]} and {number})")
-        seen[image_id] = number
-    return ids
 
 
 def lists_fingerprint(root: pathlib.Path) -> str:
@@ -125,23 +116,6 @@ def seg11valid_ids(voc_val: list[str], sbd_train: list[str]) -> tuple[list[str],
 # ---------------------------------------------------------------- readers
 
 
-def read_image(path: pathlib.Path) -> tuple[bytes | np.ndarray, tuple[int, int]]:
-    """What tfds stores for the image, and its (height, width).
-
-    An upright RGB JPEG is stored as its own bytes (lossless, fast); anything else is
-    converted to RGB as displayed (image_io.to_rgb) and re-encoded by tfds.
-    """
-    data = path.read_bytes()
-    image = decode(data, path)
-    if image.format == "JPEG" and image.mode == "RGB" and is_upright(image):
-        return data, (image.height, image.width)
-    try:
-        rgb = to_rgb(image, path)
-    except ValueError as error:
-        raise BadExampleError(str(error)) from None
-    return rgb, rgb.shape[:2]
-
-
 def read_sbd_label(path: pathlib.Path) -> np.ndarray:
     """(H, W) uint8 class ids from an SBD cls/<id>.mat (struct GTcls, field Segmentation)."""
     try:
@@ -159,21 +133,13 @@ def read_sbd_label(path: pathlib.Path) -> np.ndarray:
     return check_label_values(label, path)
 
 
-@dataclasses.dataclass(frozen=True)
-class ExampleFiles:
-    image_id: str
-    image: pathlib.Path
-    label: pathlib.Path
-    listed_in: pathlib.Path  # the id list, for messages
-
-
 def read_example(files: ExampleFiles) -> dict:
     """The tfds example for one id, or BadExampleError naming the bad file."""
     for path in (files.image, files.label):
         if not path.is_file():
             raise BadExampleError(f"{path}: missing, but id {files.image_id!r} is listed in {files.listed_in}")
-    image, (height, width) = read_image(files.image)
-    read_label = read_sbd_label if files.label.suffix == ".mat" else read_voc_label
+    image, (height, width) = stored_image(files.image)
+    read_label = read_sbd_label if files.label.suffix == ".mat" else PRESETS["voc"].decode
     label = read_label(files.label)
     if label.shape != (height, width):
         raise BadExampleError(
@@ -331,8 +297,8 @@ def prepare(data_dir: str, manual_dir: str, *, skip_bad_examples: bool = False) 
     return builder
 
 
-class VocSource(collections.abc.Sequence):
-    """A prepared split as the data contract's source: label (H, W) uint8, id str."""
+class SplitSource(collections.abc.Sequence):
+    """A prepared split as the data contract's source: label (H, W) uint8 ((H, W, heads) for several), id str."""
 
     def __init__(self, data_source):
         self._source = data_source
@@ -344,13 +310,13 @@ class VocSource(collections.abc.Sequence):
         example = self._source[range(len(self))[index]]
         return {
             "image": example["image"],
-            "label": example["label"][:, :, 0],
+            "label": example["label"][:, :, 0] if example["label"].shape[2] == 1 else example["label"],
             "id": example["id"].decode() if isinstance(example["id"], bytes) else example["id"],
         }
 
 
 def load_split(data_dir: str, split: str, manual_dir: str | None = None, *,
-               skip_bad_examples: bool = False) -> VocSource:
+               skip_bad_examples: bool = False) -> SplitSource:
     """Random-access source for `split`; prepares data_dir from manual_dir first if needed."""
     if split not in SPLITS:
         raise ValueError(f"unknown voc_sbd split {split!r}; splits are {', '.join(SPLITS)}")
@@ -362,7 +328,7 @@ def load_split(data_dir: str, split: str, manual_dir: str | None = None, *,
             raise FileNotFoundError(
                 f"{builder.data_dir}: voc_sbd is not prepared there; pass manual_dir to prepare it"
             )
-    return VocSource(builder.as_data_source(split))
+    return SplitSource(builder.as_data_source(split))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,8 @@ from PIL import Image
 from experiments import demo
 from fcn_jax import artifacts, checkpoints, evaluate, inference, metrics, models, synthetic, train, \
     visualize, voc_dataset
+from fcn_jax import dataset_info
+from fcn_jax.dataset_info import PRESETS
 
 WIDTH = 1 / 32  # channels 2, 4, 8, 16, 16 and fc 128: fast, and random weights still predict many classes
 NUM_CLASSES = 21
@@ -161,7 +163,7 @@ def test_a_tfds_split_scores_as_a_direct_computation_on_its_examples(weights, tm
 
 def test_padding_to_a_multiple_of_32_is_never_counted(weights, folder):
     network = inference.load_network(weights["converted"])
-    result = evaluate.evaluate(network, evaluate.FolderSource(folder["images_dir"], folder["labels_dir"]),
+    result = evaluate.evaluate(network, evaluate.FolderSource(folder["images_dir"], folder["labels_dir"], PRESETS["voc"]),
                                batch_size=3, pad_multiple=32)
     confusion, expected = direct_scores(forward_fn(), weights["params"], folder["images"], folder["labels"], 32)
     np.testing.assert_array_equal(result["confusion"], confusion)
@@ -239,9 +241,9 @@ def test_report_and_json_mark_absent_classes(tmp_path):
     confusion = np.zeros((3, 3), np.int64)
     confusion[0, 0], confusion[0, 1], confusion[1, 1] = 6, 2, 2  # class 2 absent from labels and predictions
     result = metrics.segmentation_metrics(confusion)
-    names = ("background", "cat", "dog")
-    assert evaluate.report(result, names).splitlines() == [
+    heads = (("", dataset_info.from_json({"classes": ["background", "cat", "dog"]})),)
+    assert evaluate.report(result, heads).splitlines() == [
         "pixel acc      80.00", "mean acc       87.50", "mean IU        62.50", "fw IU          70.00", "",
         "class             IU", "background     75.00", "cat            50.00", "dog              n/a"]
-    assert json.loads(evaluate.to_json(result, names, data="x"))["per_class_iou"] == {
+    assert json.loads(evaluate.to_json(result, heads, data="x"))["per_class_iou"] == {
         "background": 0.75, "cat": 0.5, "dog": None}

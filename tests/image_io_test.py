@@ -1,29 +1,17 @@
-"""image_io.py: label PNGs read as class ids with their palette checked, examples checked, images found."""
+"""image_io.py: label values checked, examples checked, images found and read as displayed."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from fcn_jax import image_io, visualize
-
-
-def test_voc_label_png_round_trips_the_class_ids(tmp_path):
-    label = np.array([[0, 1, 20], [255, 7, 0]], np.uint8)
-    visualize.save_mask(label, tmp_path / "l.png")
-    np.testing.assert_array_equal(image_io.read_voc_label(tmp_path / "l.png"), label)
-    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(image_io.BadExampleError, match="mode 'RGB', expected a palette .* map each colour"):
-        image_io.read_voc_label(tmp_path / "rgb.png")
-    wrong = Image.fromarray(label, mode="P")
-    wrong.putpalette([9] * 768)
-    wrong.save(tmp_path / "wrong.png")
-    with pytest.raises(image_io.BadExampleError, match=r"palette colours of indices \[0, 1, 7, 20, 255\] differ"):
-        image_io.read_voc_label(tmp_path / "wrong.png")
+from fcn_jax import image_io
 
 
 def test_check_label_values_names_the_file_and_the_bad_values():
-    assert image_io.check_label_values(np.array([[0, 2, 255]]), "x.png", num_classes=3).dtype == np.uint8
-    with pytest.raises(image_io.BadExampleError, match=r"^x.png: label values \[3, 7\] outside 0..2 and 255$"):
-        image_io.check_label_values(np.array([[0, 3, 7, 255]]), "x.png", num_classes=3)
+    classes = ("sky", "road", "car")
+    assert image_io.check_label_values(np.array([[0, 2, 255]]), "x.png", classes).dtype == np.uint8
+    with pytest.raises(image_io.BadExampleError, match=r"^x.png: label values \[3, 7\] are not classes: expected "
+                                                       r"0..2 \(sky, road, car\) or 255 \(ignore\)$"):
+        image_io.check_label_values(np.array([[0, 3, 7, 255]]), "x.png", classes)
 
 
 def test_check_example_returns_bytes_ids_and_refuses_bad_examples():

@@ -50,7 +50,7 @@ def test_numpy_normalize_is_bit_identical_to_the_tf_pipeline(mode):
 
 
 def test_scores_sum_confusions_and_normalise_the_loss():
-    scores = inference.Scores(3)
+    scores = inference.Scores((("", 3),))
     scores.add({"confusion": np.array([[2, 0, 0], [1, 1, 0], [0, 0, 0]]), "loss_sum": np.float32(3.0),
                 "num_valid": np.int32(4)})
     scores.add({"confusion": np.array([[0, 0, 0], [0, 1, 0], [0, 0, 2]]), "loss_sum": np.float32(1.0),
@@ -59,3 +59,39 @@ def test_scores_sum_confusions_and_normalise_the_loss():
     result = scores.result()
     assert result["loss"] == pytest.approx(4.0 / 7) and result["pixel_acc"] == pytest.approx(6 / 7)
     assert result["mean_iou"] == pytest.approx(np.mean([2 / 3, 2 / 3, 1.0]))
+
+
+def test_a_multi_head_eval_step_scores_each_head_against_its_own_labels():
+    """Per-head confusion matrices, losses and stacked masks, against a direct computation per head."""
+    import jax
+    import jax.numpy as jnp
+
+    from fcn_jax import losses, metrics, models, parallel
+    from models_test import make_params
+
+    heads = (("sem", 4), ("geo", 3))
+    model = models.create_model("fcn16s", num_classes=4, width=1 / 16, geometry="same", heads=heads)
+    params = make_params(model, seed=1)
+    rng = np.random.default_rng(2)
+    batch = {"image": rng.normal(size=(8, 32, 40, 3)).astype(np.float32),
+             "label": np.stack([rng.integers(0, 4, (8, 32, 40)), rng.integers(0, 3, (8, 32, 40))], -1).astype(np.int32)}
+    batch["label"][:, :4] = 255
+    mesh = parallel.create_mesh()
+    steps = inference.eval_steps(model.apply, heads, mesh)
+    scores = inference.score(steps, parallel.replicate(params, mesh), [batch], heads)
+    logits = np.asarray(model.apply({"params": params}, jnp.asarray(batch["image"])))
+    result = scores.result()
+    for index, ((name, k), channels) in enumerate(zip(heads, (slice(0, 4), slice(4, 7)))):
+        suffix = "" if index == 0 else f"_{name}"
+        labels = batch["label"][..., index]
+        confusion = np.asarray(metrics.confusion_matrix(logits[..., channels].argmax(-1), labels, k))
+        np.testing.assert_array_equal(scores.confusions[suffix], confusion)
+        expected = metrics.segmentation_metrics(confusion)
+        assert result[f"mean_iou{suffix}"] == pytest.approx(expected["mean_iou"], rel=1e-12)
+        loss_sum, num_valid = losses.pixel_cross_entropy(jnp.asarray(logits[..., channels]), jnp.asarray(labels),
+                                                         reduction="sum")
+        assert result[f"loss{suffix}"] == pytest.approx(float(loss_sum) / int(num_valid), rel=1e-5)
+    predict = jax.jit(lambda p, x: inference.predict_step(p, {"image": x}, apply_fn=model.apply, heads=heads))
+    masks = np.asarray(predict(params, batch["image"]))
+    assert masks.shape == (8, 32, 40, 2) and masks.dtype == np.uint8
+    np.testing.assert_array_equal(masks[..., 1], logits[..., 4:].argmax(-1))

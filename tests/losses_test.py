@@ -158,3 +158,23 @@ def test_bad_input_raises(logits_shape, labels_shape, labels_dtype, kwargs, matc
 def test_integer_logits_rejected():
     with pytest.raises(ValueError, match="logits must be floating"):
         losses.pixel_cross_entropy(jnp.zeros((1, 2, 2, 3), jnp.int32), jnp.zeros((1, 2, 2), jnp.int32))
+
+
+def test_multi_head_loss_is_the_sum_of_each_heads_loss_on_its_channels_and_labels():
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(2, 3, 4, 7)).astype(np.float32)  # head a: 4 classes, head b: 3
+    labels = np.stack([rng.integers(0, 4, (2, 3, 4)), rng.integers(0, 3, (2, 3, 4))], -1)
+    labels[0, 0, 0] = (255, 1)
+    labels[1, 2, 3] = (2, 255)
+    for reduction in ("sum", "mean"):
+        loss, num_valid = losses.multi_head_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), (4, 3),
+                                                          reduction=reduction)
+        parts = [_numpy_cross_entropy(logits[..., :4], labels[..., 0]), _numpy_cross_entropy(logits[..., 4:],
+                                                                                              labels[..., 1])]
+        expected = sum(s / (n if reduction == "mean" else 1) for s, n in parts)
+        np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+        assert int(num_valid) == parts[0][1] == 23
+    one, n = losses.multi_head_cross_entropy(jnp.asarray(logits), jnp.asarray(labels[..., 0]), (7,), reduction="sum")
+    np.testing.assert_allclose(float(one), _numpy_cross_entropy(logits, labels[..., 0])[0], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"2 heads need labels \(N, H, W, 2\)"):
+        losses.split_heads(jnp.asarray(logits), jnp.asarray(labels[..., 0]), (4, 3))

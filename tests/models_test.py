@@ -305,3 +305,24 @@ def test_create_model_variants_and_errors():
         models.FCN(skips=("pool3",)).init(jax.random.key(0), images)
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
         models.FCN().init(jax.random.key(0), jnp.zeros((8, 8, 3)))
+
+
+@pytest.mark.parametrize("variant", ["fcn16s", "fcn8s"])
+def test_each_head_of_a_multi_head_fcn_is_the_single_head_fcn_with_its_layers(variant):
+    """SIFT Flow's two heads on one backbone: head h's logits equal a one-head FCN given head h's layers."""
+    heads = (("sem", 5), ("geo", 3))
+    multi = models.create_model(variant, num_classes=5, width=WIDTH, geometry="caffe", heads=heads)
+    params = make_params(multi, seed=4)
+    assert sorted(k for k in params if k != "backbone") == sorted(
+        f"{layer}_{name}" for name, _ in heads for layer in
+        {"fcn16s": ("score_fr", "score_pool4", "upscore2", "upscore16"),
+         "fcn8s": ("score_fr", "score_pool4", "score_pool3", "upscore2", "upscore_pool4", "upscore8")}[variant])
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 45, 37, 3)), jnp.float32)
+    logits = multi.apply({"params": params}, images)
+    assert logits.shape == (2, 45, 37, 8)
+    for (name, k), channels in zip(heads, (slice(0, 5), slice(5, 8))):
+        single = models.create_model(variant, num_classes=k, width=WIDTH, geometry="caffe")
+        own = {"backbone": params["backbone"], **{key[:-len(name) - 1]: value for key, value in params.items()
+                                                  if key.endswith(f"_{name}")}}
+        np.testing.assert_allclose(logits[..., channels], single.apply({"params": own}, images), rtol=1e-5, atol=1e-5)
+    assert models.head_specs(5, heads) == heads and models.head_specs(5) == (("", 5),)

@@ -129,7 +129,9 @@ def _assert_train_close(got: dict, want: dict, steps) -> None:
 def _assert_eval_close(got: dict, want: dict) -> None:
     for key in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou", "loss"):
         np.testing.assert_allclose(got[key], want[key], rtol=RTOL, err_msg=f"eval {key} at step {got['step']}")
-    np.testing.assert_allclose(got["per_class_iou"], want["per_class_iou"], rtol=RTOL, equal_nan=True)
+    assert list(got["per_class_iou"]) == list(want["per_class_iou"])  # class names, in order
+    np.testing.assert_allclose(np.array(list(got["per_class_iou"].values()), float),
+                               np.array(list(want["per_class_iou"].values()), float), rtol=RTOL, equal_nan=True)
 
 
 def test_two_processes_train_and_evaluate_like_one(runs):

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fcn_jax")
-TF_MODULES = ("input_pipeline", "voc_dataset")  # the only users of tf.data / tfds
+TF_MODULES = ("input_pipeline", "voc_dataset", "folder_dataset")  # the only users of tf.data / tfds
 
 NO_TF_SCRIPT = textwrap.dedent("""
     import sys
@@ -32,7 +32,7 @@ NO_TF_SCRIPT = textwrap.dedent("""
     step = jax.jit(functools.partial(train.train_step, loss_reduction="mean", num_classes=21))
     new_state, out = step(state, batch, jax.random.PRNGKey(0))
     assert int(new_state.step) == 1 and bool(out["finite"])
-    evaluated = jax.jit(functools.partial(inference.eval_step, apply_fn=model.apply, num_classes=21))(
+    evaluated = jax.jit(functools.partial(inference.eval_step, apply_fn=model.apply, heads=(("", 21),)))(
         new_state.params, batch)
     assert int(evaluated["confusion"].sum()) == 2 * 32 * 32
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from experiments import pipeline_demo
 from fcn_jax import checkpoints, convolutionalize, metrics, pipeline, train, voc_dataset
+from fcn_jax.dataset_info import PRESETS
 
 WIDTH = 1 / 32
 
@@ -134,7 +135,7 @@ def test_segment_scores_equal_a_recount_of_the_saved_masks(run):
     for entry in seg["outputs"]:
         stem = pathlib.Path(entry["image"]).stem
         mask = np.asarray(Image.open(workdir / "segment" / "predictions" / f"{stem}.png"))
-        label = voc_dataset.read_voc_label(workdir / "segment" / "heldout" / "labels" / f"{stem}.png")
+        label = PRESETS["voc"].decode(workdir / "segment" / "heldout" / "labels" / f"{stem}.png")
         assert mask.shape == label.shape == np.asarray(Image.open(workdir / entry["image"])).shape[:2]
         assert (workdir / entry["overlay"]).is_file() and (workdir / entry["gt_overlay"]).is_file()
         confusion += np.asarray(metrics.confusion_matrix(mask, label, 21))

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from fcn_jax import synthetic, voc_dataset as vd
+from fcn_jax.dataset_info import PRESETS
 
 SMALL = dict(num_train=10, num_val=12, num_sbd_only=4)
 CLASS_IDS = {class_id for class_id, _, _ in synthetic.SHAPE_CLASSES}
@@ -81,7 +82,7 @@ def test_files_in_voc_formats(tree):
         image = Image.open(voc / "JPEGImages" / f"{image_id}.jpg")
         png = Image.open(voc / "SegmentationClass" / f"{image_id}.png")
         assert (image.format, image.mode, png.mode) == ("JPEG", "RGB", "P")
-        label = vd.read_voc_label(voc / "SegmentationClass" / f"{image_id}.png")  # checks palette + values
+        label = PRESETS["voc"].decode(voc / "SegmentationClass" / f"{image_id}.png")  # checks palette + values
         assert set(np.unique(label)) <= CLASS_IDS | {0, 255} and set(np.unique(label)) & CLASS_IDS
         assert label.shape == (image.height, image.width)
         sizes.add(label.shape)

@@ -9,7 +9,8 @@ import scipy.io
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from fcn_jax import image_io, synthetic, voc_dataset as vd
+from fcn_jax import synthetic, voc_dataset as vd
+from fcn_jax.dataset_info import PRESETS
 
 VOC_TRAIN = ["2007_000032", "2007_000039"]
 VOC_VAL = ["2007_000033", "2007_000042", "2008_000009", "2007_000061"]
@@ -40,7 +41,10 @@ def _label(image_id, border=True):
     return label
 
 
-def _save_png(path, label, palette=image_io.VOC_PALETTE):
+VOC_PALETTE = PRESETS["voc"].palette()
+
+
+def _save_png(path, label, palette=VOC_PALETTE):
     image = Image.fromarray(label)
     image.putpalette(palette.tobytes())
     image.save(path)
@@ -207,7 +211,7 @@ def test_label_value_out_of_range(tree):
     label = _label("2007_000033")
     label[0, 0], label[1, 1] = 21, 100
     _save_png(files.label, label)
-    with pytest.raises(vd.BadExampleError, match=rf"{files.label}: label values \[21, 100\] outside 0..20 and 255"):
+    with pytest.raises(vd.BadExampleError, match=rf"{files.label}: label values \[21, 100\] are not classes: expected 0..20"):
         vd.read_example(files)
 
 
@@ -216,7 +220,7 @@ def test_sbd_label_value_out_of_range(tree):
     label = _label("2007_000033", border=False).astype(np.int32)
     label[0, 0], label[1, 1] = -1, 300
     _save_mat(files.label, label)
-    with pytest.raises(vd.BadExampleError, match=rf"{files.label}: label values \[-1, 300\] outside 0..20 and 255"):
+    with pytest.raises(vd.BadExampleError, match=rf"{files.label}: label values \[-1, 300\] are not classes: expected 0..20"):
         vd.read_example(files)
 
 
@@ -248,7 +252,7 @@ def test_rgb_label_refused_with_hint(tree):
     Image.open(files.label).convert("RGB").save(files.label)
     with pytest.raises(vd.BadExampleError,
                        match=rf"{files.label}: label PNG has mode 'RGB', expected a palette "
-                             r"\('P'\) PNG whose indices are VOC class ids \(colours, not class ids"):
+                             r"\('P'\) PNG whose indices are class ids; colour-coded labels need \"encoding\": \"rgb\""):
         vd.read_example(files)
 
 
@@ -256,7 +260,7 @@ def test_wrong_palette_refused(tree):
     files = _voc_files(tree)
     grey = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
     _save_png(files.label, _label("2007_000033"), palette=grey)
-    with pytest.raises(vd.BadExampleError, match=rf"{files.label}: palette colours of indices \[4, 255\] differ"):
+    with pytest.raises(vd.BadExampleError, match=rf"{files.label}: palette colours of indices \[4\] differ from the voc colours"):
         vd.read_example(files)
 
 

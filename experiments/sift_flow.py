@@ -1,0 +1,22 @@
+"""SIFT Flow, the 33 semantic classes (reference: FCN-16s, 39.5 mean IU), from ImageNet VGG16.
+
+Layout (fcn_jax.layouts, "sift_flow"): the reference's data/sift-flow tree, trainval.txt and test.txt, images in
+Images/spatial_envelope_256x256_static_8outdoorcategories/, labels SemanticLabels/.../<id>.mat (variable S,
+0 = unlabelled: ignored). --config.data.source=sift_flow_geometric trains the 3 geometric classes (GeoLabels/).
+    python -m fcn_jax.main --config experiments/sift_flow.py --workdir runs/sift_flow \
+        --config.data.manual_dir=~/data/sift-flow
+"""
+from experiments import fcn32s
+
+
+def get_config():
+    config = fcn32s.get_config()  # reference recipe: SGD 0.99, summed loss, lr 1e-10, batch 1
+    config.model.variant = "fcn16s"
+    config.model.num_classes = 0  # 33 (semantic) or 3 (geometric), from the dataset description
+    config.data.source = "sift_flow"
+    config.data.data_dir = "~/tensorflow_datasets/sift_flow"
+    config.data.train_split = "trainval"
+    config.data.eval_split = "test"
+    config.data.crop_size = (256, 256)
+    config.eval.pad_size = (256, 256)
+    return config
