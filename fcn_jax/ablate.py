@@ -1,6 +1,7 @@
 """Ablation sweeps: train a base config and named variants of it, one workdir each; tabulate and plot.
 
     python -m fcn_jax.ablate --sweep experiments/ablate_skips.py --workdir runs/ablate [--steps 300] [--processes]
+        [--set data.source=folder --set data.manual_dir=data/shapes --set model.num_classes=0 ...]
 
 A sweep file defines `get_sweep(num_steps=...) -> (base ConfigDict, [(name, overrides), ...])`, where
 overrides map dotted config keys to values ({"model.variant": "fcn32s"}). `init_from: "@name"` starts a
@@ -121,10 +122,29 @@ def run_variant(config: ml_collections.ConfigDict, workdir: str) -> dict:
 # ----------------------------------------------------------------------------- the sweep
 
 
+def parse_settings(settings: list[str]) -> dict[str, Any]:
+    """--set key=value pairs -> {dotted key: value}; values are Python literals (3, 0.5, (64, 64), True) or text."""
+    import ast
+
+    parsed = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or not key:
+            raise SweepError(f"--set {setting!r}: expected key=value, e.g. data.source=folder")
+        try:
+            parsed[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            parsed[key] = text
+    return parsed
+
+
 def run(sweep: str, workdir: str, *, steps: int | None = None, processes: bool = False,
-        only: str | None = None) -> list[dict]:
-    """Run every unfinished variant of the sweep file (or only the one named), then write the results."""
+        only: str | None = None, settings: list[str] = ()) -> list[dict]:
+    """Run every unfinished variant of the sweep file (or only the one named), then write the results.
+
+    settings: "key=value" overrides of the sweep's base config (e.g. another dataset), under every variant's own."""
     base, overrides = load_sweep(sweep, steps)
+    base = apply_overrides(base, parse_settings(list(settings)), "--set")
     variants = build_variants(base, overrides, workdir)
     if only is not None:
         if only not in [name for name, _, _ in variants]:
@@ -138,13 +158,15 @@ def run(sweep: str, workdir: str, *, steps: int | None = None, processes: bool =
         variant_dir = os.path.join(workdir, name)
         if processes and finished_result(config, variant_dir) is None:
             command = [sys.executable, "-m", "fcn_jax.ablate", "--sweep", sweep, "--workdir", workdir,
-                       "--variant", name] + ([] if steps is None else ["--steps", str(steps)])
+                       "--variant", name] + ([] if steps is None else ["--steps", str(steps)]) + [
+                f"--set={setting}" for setting in settings]
             completed = subprocess.run(command)
             if completed.returncode:
                 raise RuntimeError(f"variant {name} failed (exit code {completed.returncode}): {' '.join(command)}")
         results.append(run_variant(config, variant_dir))
     command = " ".join(["python -m fcn_jax.ablate --sweep", sweep, "--workdir", workdir]
-                       + ([] if steps is None else ["--steps", str(steps)]))  # --processes: same results
+                       + ([] if steps is None else ["--steps", str(steps)])
+                       + [f"--set {setting}" for setting in settings])  # --processes: same results
     write_results(base, variants, results, workdir, title=f"{sweep}, {base.train.num_steps} steps each",
                   command=command)
     return results
@@ -246,6 +268,9 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, help="training steps per variant (passed to get_sweep)")
     parser.add_argument("--processes", action="store_true", help="train each variant in its own subprocess")
     parser.add_argument("--variant", help="train only this variant (what --processes runs in each subprocess)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                        help="override the base config, e.g. --set data.source=folder --set data.manual_dir=data/shapes"
+                             " --set model.num_classes=0 (repeatable)")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be positive, got {args.steps}")
@@ -258,7 +283,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax / tfds chatter
     try:
-        run(args.sweep, args.workdir, steps=args.steps, processes=args.processes, only=args.variant)
+        run(args.sweep, args.workdir, steps=args.steps, processes=args.processes, only=args.variant,
+            settings=args.settings)
     except (ValueError, OSError, FloatingPointError, RuntimeError) as error:  # SweepError, ConfigError, WorkdirError
         print(f"error: {error}", file=sys.stderr)
         return 1

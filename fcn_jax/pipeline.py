@@ -157,7 +157,8 @@ def convolutionalize_stage(config: ml_collections.ConfigDict, workdir: str) -> d
     meta = {
         "format": "classifier", "source": classifier_dir, "variant": model_config.variant,
         "num_classes": model_config.num_classes, "width": model_config.width, "geometry": model_config.geometry,
-        "dtype": model_config.dtype, "normalization": cfg.normalization,
+        "dtype": model_config.dtype, "heads": [list(head) for head in model_config.heads],
+        "normalization": cfg.normalization,
         "loaded": loaded, "new": sorted(name for name in params if name != "backbone"), "unused": ["fc8"],
         "dense_vs_conv_max_abs_diff": cv.dense_vs_convolutional(classifier_params, images, cfg),
     }

@@ -168,3 +168,22 @@ def test_bad_sweeps_fail_with_one_line(overrides, message, tmp_path):
     with pytest.raises(ablate.SweepError, match=message) as info:
         ablate.build_variants(ablate_skips.get_config(), overrides, str(tmp_path))
     assert "\n" not in str(info.value)
+
+
+def test_set_points_a_sweep_at_another_dataset(sweep, tmp_path):
+    """--set overrides the sweep's base for every variant: here the folder example instead of the VOC data."""
+    from fcn_jax import synthetic
+
+    root = synthetic.write_synthetic_folder(str(tmp_path / "shapes"), num_train=8, num_val=2)
+    settings = ["data.source=folder", f"data.manual_dir={root}", f"data.data_dir={tmp_path / 'tfds'}",
+                "data.train_split=train", "data.eval_split=val", "model.num_classes=0", "eval.pad_size=()"]
+    ablate.run(sweep["file"], str(tmp_path / "runs"), only="fcn32s", settings=settings)
+    stored = artifacts.read_json(tmp_path / "runs" / "fcn32s" / "config.json")
+    assert stored["data"]["source"] == "folder" and stored["model"]["num_classes"] == 6
+    assert stored["model"]["variant"] == "fcn32s" and stored["eval"]["pad_size"] == []
+    evaluation = [r for r in artifacts.read_metrics(str(tmp_path / "runs" / "fcn32s")) if r["split"] == "val"][-1]
+    assert list(evaluation["per_class_iou"])[1:3] == ["triangle", "rectangle"]
+    with pytest.raises(ablate.SweepError, match=r"--set 'data.source': expected key=value"):
+        ablate.run(sweep["file"], str(tmp_path / "runs"), only="fcn32s", settings=["data.source"])
+    with pytest.raises(ablate.SweepError, match=r"variant '--set': unknown config key 'data.sorce'"):
+        ablate.run(sweep["file"], str(tmp_path / "runs"), only="fcn32s", settings=["data.sorce=folder"])

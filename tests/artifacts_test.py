@@ -64,13 +64,17 @@ def test_model_settings_come_from_the_sidecar_or_the_runs_config(tmp_path):
         "format": "caffe"})
     assert artifacts.model_settings(str(converted), {"geometry": "same", "width": None}) == {
         "variant": "fcn8s", "num_classes": 3, "width": 0.5, "geometry": "same", "normalization": "caffe_bgr",
-        "dtype": "float32"}
+        "dtype": "float32", "heads": ()}
     run = tmp_path / "run"
     artifacts.write_json(str(run / artifacts.CONFIG_FILE), {
         "model": {"variant": "fcn32s", "num_classes": 21, "width": 1, "geometry": "same", "dtype": "bfloat16"},
         "data": {"normalization": "imagenet_rgb"}})
     os.makedirs(run / "checkpoints")
     assert artifacts.model_settings(str(run / "checkpoints"))["dtype"] == "bfloat16"  # the workdir above it
+    config = artifacts.read_json(str(run / artifacts.CONFIG_FILE))
+    config["model"]["heads"] = [["sem", 33], ["geo", 3]]  # as JSON stores a multi-head run's
+    artifacts.write_json(str(run / artifacts.CONFIG_FILE), config)
+    assert artifacts.model_settings(str(run))["heads"] == (("sem", 33), ("geo", 3))
     with pytest.raises(ValueError, match="holds neither fcn_jax_weights.json nor a training config.json; pass "
                                          "--variant --num_classes --width --geometry --normalization"):
         artifacts.model_settings(str(tmp_path))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from experiments import pipeline_demo
-from fcn_jax import checkpoints, convolutionalize, metrics, pipeline, train, voc_dataset
+from fcn_jax import checkpoints, convolutionalize, dataset_info, metrics, pipeline, train, voc_dataset
 from fcn_jax.dataset_info import PRESETS
 
 WIDTH = 1 / 32
@@ -176,3 +176,31 @@ def test_cli_flags_parse_overrides():
     with pytest.raises(SystemExit, match="num_stepz"):
         pipeline.parse_flags(["pipeline", "--config", "experiments/pipeline_demo.py", "--workdir", "x",
                               "--config.classifier.num_stepz=7"])
+
+
+def test_the_pipeline_on_a_folder_dataset_reports_its_class_names(tmp_path):
+    """Own samples: the folder example (RGB colour labels, classes.json) through all four stages."""
+    from fcn_jax import synthetic
+
+    root = synthetic.write_synthetic_folder(str(tmp_path / "shapes"), num_train=16, num_val=4)
+    config = tiny_config(tmp_path)
+    config.fcn.model.num_classes = 0  # from classes.json: 6
+    config.fcn.data.update(source="folder", manual_dir=root, data_dir=str(tmp_path / "tfds_shapes"),
+                           train_split="train", eval_split="val")
+    config.segment.update(images=f"{root}/images/val", labels=f"{root}/labels/val")
+    results = pipeline.run_pipeline(config, str(tmp_path / "run"))
+    shapes = {"triangle", "rectangle", "disc", "ring", "cross"}
+    assert results["classifier"]["num_train_images"] == 16 and results["segment"]["num_images"] == 4
+    assert all(set(entry["classes"]) <= shapes for entry in results["segment"]["outputs"])
+    info = dataset_info.read_heads(tmp_path / "run" / "fcn" / "fcn8s_atonce" / "dataset.json")[0][1]
+    correct = total = 0  # the scores are of the saved masks against the colour-coded labels, decoded
+    for stem in (f"shapes_{n:05d}" for n in range(16, 20)):
+        mask = np.asarray(Image.open(tmp_path / "run" / "segment" / "predictions" / f"{stem}.png"))
+        label = info.decode(f"{root}/labels/val/{stem}.png")
+        correct, total = correct + int(((mask == label) & (label != 255)).sum()), total + int((label != 255).sum())
+    assert results["segment"]["pixel_acc"] == pytest.approx(correct / total, rel=1e-12)
+    meta = json.loads((tmp_path / "run" / "convolutionalized" / "dataset.json").read_text())
+    assert meta["classes"] == ["background", *[kind for _, kind, _ in synthetic.SHAPE_CLASSES]]
+    with pytest.raises(train.ConfigError, match="config.segment.images is empty"):
+        config.segment.images = ""
+        pipeline.run_pipeline(config, str(tmp_path / "run2"))
