@@ -18,14 +18,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dropout_rate = 0.5
     config.model.dtype = "float32"          # compute dtype: float32 | bfloat16 (params stay float32)
     config.model.learnable_upsample = False  # reference: bilinear deconvolutions frozen (lr 0)
-    config.model.heads = ()                 # () = one score head; ((name, classes), ...) = several, set from the dataset (SIFT Flow)
+    config.model.heads = ()                 # () = one head; ((name, classes), ...): several (SIFT Flow, from data)
 
     config.data = ml_collections.ConfigDict()
     # voc (your VOC2012 + SBD copies) | synthetic (VOC-format, written on first use) | folder (your own images,
     # labels and classes.json) | synthetic_folder (a folder example, written on first use) | cityscapes | ade20k |
     # pascal_context | sift_flow | sift_flow_geometric (README, "Train on your own data")
     config.data.source = "voc"
-    config.data.manual_dir = ""             # the dataset's folder (voc: the one holding VOCdevkit/ and benchmark_RELEASE/)
+    config.data.manual_dir = ""             # the dataset's folder (voc: holding VOCdevkit/ and benchmark_RELEASE/)
     config.data.classes = ""                # a classes.json overriding the dataset's description ("" = its own)
     config.data.val_fraction = 0.2          # folder without split lists or subfolders: seeded share of "val"
     config.data.split_seed = 0

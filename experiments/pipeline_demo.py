@@ -35,7 +35,7 @@ def get_config():
 
     config.segment = ml_collections.ConfigDict()
     config.segment.images = ""              # "" = freshly drawn held-out synthetic scenes (with labels)
-    config.segment.labels = ""              # label PNGs <stem>.png for config.segment.images, in the dataset's encoding (optional)
+    config.segment.labels = ""              # labels <stem>.png of config.segment.images, as the dataset encodes them
     config.segment.num_images = 8
     config.segment.seed = 2024
     config.segment.batch_size = 1

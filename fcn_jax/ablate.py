@@ -68,12 +68,17 @@ def apply_overrides(base: ml_collections.ConfigDict, overrides: dict[str, Any], 
             node = node[parent]
         if field not in node:
             raise SweepError(f"variant {name!r}: unknown config key {key!r}")
-        node[field] = value
+        try:
+            node[field] = value
+        except TypeError as error:  # ml_collections refuses another type
+            raise SweepError(f"variant {name!r}: {key}={value!r}: {error}") from None
     return config
 
 
 def build_variants(base: ml_collections.ConfigDict, overrides: list[tuple[str, dict]], workdir: str):
     """[(name, description, config)] with `@name` init_from resolved to that earlier variant's workdir."""
+    from fcn_jax import train
+
     seen, variants = set(), []
     for name, changes in overrides:
         if not _NAME.match(name):
@@ -81,6 +86,7 @@ def build_variants(base: ml_collections.ConfigDict, overrides: list[tuple[str, d
         if name in seen:
             raise SweepError(f"variant name {name!r} appears twice in the sweep")
         config = apply_overrides(base, changes, name)
+        train.resolve_num_classes(config)  # as training stores it, so a finished variant is recognised
         if config.init_from.startswith("@"):
             parent = config.init_from[1:]
             if parent not in seen:

@@ -215,7 +215,8 @@ def stored_settings(weights: str) -> dict:
         if os.path.isfile(config_path):
             config = read_json(config_path)
             settings = {k: config["model"][k] for k in ("variant", "num_classes", "width", "geometry", "dtype")}
-            return {**settings, "heads": config["model"].get("heads", []), "normalization": config["data"]["normalization"]}
+            return {**settings, "heads": config["model"].get("heads", []),
+                    "normalization": config["data"]["normalization"]}
     return {}
 
 

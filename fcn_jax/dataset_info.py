@@ -134,7 +134,7 @@ class DatasetInfo:
         return ", ".join(named) + (" ..." if self.num_classes > 8 else "")
 
     def _apply_id_map(self, raw: np.ndarray, path: pathlib.Path) -> np.ndarray:
-        mapping = dict(self.id_map)
+        mapping = {self.ignore_label: IGNORE_LABEL, **dict(self.id_map)}  # the raw ignore value stays ignored
         unique, inverse = np.unique(raw, return_inverse=True)
         unknown = [int(u) for u in unique if int(u) not in mapping]
         if unknown:
@@ -198,11 +198,15 @@ def from_json(value: dict, source: str = "dataset description") -> DatasetInfo:
     if any(not (0 <= m < len(classes) or m == IGNORE_LABEL) for _, m in id_map):
         raise ValueError(f"{source}: 'id_map' maps to values outside 0..{len(classes) - 1} and {IGNORE_LABEL}")
     background = value.get("background", 0 if classes[0] == "background" else None)
-    if background is not None and not (isinstance(background, int) and 0 <= background < len(classes)):
+    if background is not None and (isinstance(background, bool) or not isinstance(background, int)
+                                   or not 0 <= background < len(classes)):
         raise ValueError(f"{source}: 'background' must be a class index or null")
+    ignore_label = value.get("ignore_label", IGNORE_LABEL)
+    if isinstance(ignore_label, bool) or not isinstance(ignore_label, int) or ignore_label < 0:
+        raise ValueError(f"{source}: 'ignore_label' must be a non-negative integer (the raw value meaning ignore)")
     return DatasetInfo(name=str(value.get("name", "dataset")), classes=tuple(classes),
                        colors=tuple(tuple(int(v) for v in c) for c in colors), encoding=encoding,
-                       ignore_label=int(value.get("ignore_label", IGNORE_LABEL)),
+                       ignore_label=ignore_label,
                        ignore_color=tuple(ignore_color) if ignore_color is not None else None, id_map=id_map,
                        background=background, mat_key=str(value.get("mat_key", "")))
 
@@ -261,19 +265,26 @@ def stored(weights: str) -> Heads | None:
     return None
 
 
-def for_weights(weights: str | None, head_classes: int | tuple[int, ...], dataset: str | None = None) -> Heads:
-    """The descriptions to name classes by: `dataset` (a preset or a classes.json) if given, else the one stored
-    with the weights (None: none), else VOC's for 21 classes, else generic names; they must fit the heads."""
-    head_classes = (head_classes,) if isinstance(head_classes, int) else tuple(head_classes)
-    heads = ((("", resolve(dataset)),) if dataset else None) or (stored(weights) if weights else None)
-    if heads is None:
-        heads = tuple((f"head{i}" if len(head_classes) > 1 else "",
-                       PRESETS["voc"] if k == len(VOC_CLASSES) else generic(k)) for i, k in enumerate(head_classes))
-    counts = tuple(info.num_classes for _, info in heads)
-    if counts != head_classes:
-        raise ValueError(f"the {heads[0][1].name} description has {'+'.join(map(str, counts))} classes but the "
-                         f"weights {'+'.join(map(str, head_classes))}; pass --dataset with a matching description")
-    return heads
+def for_weights(weights: str | None, heads, dataset: str | None = None) -> Heads:
+    """The descriptions to name classes by: `dataset` (a preset, a multi-head preset such as sift_flow, or a
+    classes.json) if given, else the one stored with the weights (None: none), else VOC's for 21 classes, else
+    generic names. `heads`: the network's ((name, classes), ...), or one class count; the descriptions must fit."""
+    specs = (("", heads),) if isinstance(heads, int) else tuple(heads)
+    found = resolve_heads(dataset) if dataset else (stored(weights) if weights else None)
+    if found is None:
+        found = tuple((name, PRESETS["voc"] if k == len(VOC_CLASSES) else generic(k)) for name, k in specs)
+    counts, wanted = [info.num_classes for _, info in found], [k for _, k in specs]
+    if counts != wanted:
+        raise ValueError(f"the {found[0][1].name} description has {'+'.join(map(str, counts))} classes but the "
+                         f"weights {'+'.join(map(str, wanted))}; pass --dataset with a matching description")
+    return tuple((name, info) for (name, _), (_, info) in zip(specs, found))  # the network's head names
+
+
+def resolve_heads(name_or_path: str) -> Heads:
+    """resolve, with the multi-head presets (HEAD_PRESETS) as well."""
+    if name_or_path in HEAD_PRESETS:
+        return tuple((head, PRESETS[preset]) for head, preset in HEAD_PRESETS[name_or_path])
+    return (("", resolve(name_or_path)),)
 
 
 def resolve(name_or_path: str) -> DatasetInfo:
@@ -284,8 +295,8 @@ def resolve(name_or_path: str) -> DatasetInfo:
     if path.is_dir():
         path = path / "classes.json"
     if not path.is_file():
-        raise FileNotFoundError(f"dataset {name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a "
-                                "classes.json file")
+        raise FileNotFoundError(f"dataset {name_or_path!r} is neither a preset ({', '.join((*PRESETS, *HEAD_PRESETS))})"
+                                " nor a classes.json file")
     return read(path)
 
 
@@ -309,12 +320,14 @@ def _shift_map(num_classes: int) -> tuple[tuple[int, int], ...]:
     return ((0, IGNORE_LABEL),) + tuple((k, k - 1) for k in range(1, num_classes + 1))
 
 
+# PASCAL-Context 59: numbered 1..59 in alphabetical order, as the common label conversion (the Detail API via
+# mmsegmentation's pascal_context.py: SegmentationClassContext PNGs) writes them.
 PASCAL_CONTEXT_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "table", "dog", "horse",
-    "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor", "bag", "bed", "bench", "book",
-    "building", "cabinet", "ceiling", "cloth", "computer", "cup", "door", "fence", "floor", "flower", "food", "grass",
-    "ground", "keyboard", "light", "mountain", "mouse", "curtain", "platform", "sign", "plate", "road", "rock",
-    "shelves", "sidewalk", "sky", "snow", "bedclothes", "track", "tree", "truck", "wall", "water", "window", "wood")
+    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle", "building", "bus",
+    "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow", "cup", "curtain", "dog", "door", "fence",
+    "floor", "flower", "food", "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse",
+    "person", "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky",
+    "snow", "sofa", "table", "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood")
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet", "sidewalk",
     "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water", "painting", "sofa",
@@ -356,7 +369,8 @@ PRESETS = {
                               id_map=_shift_map(len(PASCAL_CONTEXT_CLASSES)), background=None),
     "ade20k": _preset("ade20k", ADE20K_CLASSES, shifted_colours=True, encoding="index",
                       id_map=_shift_map(len(ADE20K_CLASSES)), background=None),
-    "sift_flow_semantic": _preset("sift_flow_semantic", SIFT_FLOW_CLASSES, shifted_colours=True, encoding="index", mat_key="S",
+    "sift_flow_semantic": _preset("sift_flow_semantic", SIFT_FLOW_CLASSES, shifted_colours=True, encoding="index",
+                                  mat_key="S",
                          id_map=_shift_map(len(SIFT_FLOW_CLASSES)), background=None),
     "sift_flow_geometric": _preset("sift_flow_geometric", SIFT_FLOW_GEOMETRIC_CLASSES, shifted_colours=True,
                                    encoding="index", mat_key="S", background=None,
@@ -366,3 +380,5 @@ PRESETS = {
         background=None, id_map=tuple((raw, next((t for t, (i, _, _) in enumerate(CITYSCAPES) if i == raw),
                                                  IGNORE_LABEL)) for raw in range(CITYSCAPES_LABEL_IDS))),
 }
+# Datasets with several score heads: (head name, preset) each, in the order of their label files.
+HEAD_PRESETS = {"sift_flow": (("sem", "sift_flow_semantic"), ("geo", "sift_flow_geometric"))}

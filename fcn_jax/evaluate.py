@@ -142,13 +142,31 @@ def parse_args(argv):
                         help="with --split: the voc_sbd dataset, or a folder / benchmark layout read from --manual_dir")
     parser.add_argument("--data_dir", default="~/tensorflow_datasets", help="where the prepared tfds dataset lives")
     parser.add_argument("--manual_dir", default=None,
-                        help="the dataset's folder (voc: the one holding VOCdevkit/ and benchmark_RELEASE/), to prepare "
-                             "the dataset")
+                        help="the dataset's folder (voc: the one holding VOCdevkit/ and benchmark_RELEASE/), "
+                             "to prepare the dataset")
+    parser.add_argument("--val_fraction", type=float, default=None,
+                        help="--layout folder without split lists or subfolders: the seeded share of val (default: "
+                             "the training run's config.data.val_fraction, else 0.2)")
+    parser.add_argument("--split_seed", type=int, default=None, help="its seed (default: the run's, else 0)")
     parser.add_argument("--output", help="write the metrics as JSON to this file")
     args = parser.parse_args(argv)
     if args.images and not args.labels:
         parser.error("--images needs --labels")
     return args
+
+
+def split_options(args: argparse.Namespace) -> dict:
+    """The folder builder's options as the training run used them (its config.json), so the scored split is the
+    one it validated on, not a re-drawn one; the flags override them."""
+    data = {}
+    for directory in (args.weights, os.path.dirname(os.path.abspath(args.weights))):
+        path = os.path.join(directory, artifacts.CONFIG_FILE)
+        if os.path.isfile(path):
+            data = artifacts.read_json(path).get("data", {})
+            break
+    return {"classes": data.get("classes", ""),
+            "val_fraction": data.get("val_fraction", 0.2) if args.val_fraction is None else args.val_fraction,
+            "split_seed": data.get("split_seed", 0) if args.split_seed is None else args.split_seed}
 
 
 def load_source(args: argparse.Namespace, info: dataset_info.DatasetInfo):
@@ -161,7 +179,7 @@ def load_source(args: argparse.Namespace, info: dataset_info.DatasetInfo):
 
         if manual_dir is None:
             raise ValueError(f"--layout {args.layout} needs --manual_dir, the dataset's folder")
-        source = folder_dataset.load_split(data_dir, args.split, manual_dir, args.layout, classes=args.dataset or "")
+        source = folder_dataset.load_split(data_dir, args.split, manual_dir, args.layout, **split_options(args))
         return source, f"{args.layout} {args.split} ({manual_dir})"
     from fcn_jax import voc_dataset
 
@@ -174,7 +192,7 @@ def main(argv=None) -> int:
         if args.output and os.path.isdir(args.output):
             raise IsADirectoryError(f"--output {args.output} is a folder; give a file name such as metrics.json")
         network = inference.load_network(args.weights, predict.overrides(args))
-        heads = dataset_info.for_weights(args.weights, tuple(k for _, k in network.heads), args.dataset)
+        heads = dataset_info.for_weights(args.weights, network.heads, args.dataset)
         if args.images and len(heads) > 1:
             raise ValueError(f"{args.weights} has {len(heads)} score heads; score it on a --split of its dataset "
                              "(--layout, --manual_dir), which holds a label of every head")

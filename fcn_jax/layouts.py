@@ -120,7 +120,8 @@ def folder(root: pathlib.Path, *, val_fraction: float = 0.2, split_seed: int = 0
     val = set(order[:num_val].tolist())
     return ({"train": [e for i, e in enumerate(examples) if i not in val],
              "val": [e for i, e in enumerate(examples) if i in val]},
-            f"seeded ratio: {num_val} of {len(examples)} images in val (val_fraction {val_fraction}, seed {split_seed})")
+            f"seeded ratio: {num_val} of {len(examples)} images in val (val_fraction {val_fraction}, "
+            f"seed {split_seed})")
 
 
 # ----------------------------------------------------------------------------- the benchmarks' own layouts
@@ -183,8 +184,7 @@ LAYOUTS = {
     "sift_flow": sift_flow, "sift_flow_semantic": lambda root: sift_flow(root, ("SemanticLabels",)),
     "sift_flow_geometric": lambda root: sift_flow(root, ("GeoLabels",)),
 }
-# Layouts with several score heads: (head name, dataset_info preset) each, in the order of their label files.
-HEADS = {"sift_flow": (("sem", "sift_flow_semantic"), ("geo", "sift_flow_geometric"))}
+HEADS = dataset_info.HEAD_PRESETS  # layouts with several score heads
 
 
 def split_files(layout: str, root: pathlib.Path, **folder_options) -> tuple[Splits, str]:
@@ -216,7 +216,10 @@ def describe(layout: str, root: str, classes: str = "") -> dataset_info.DatasetI
 def describe_heads(layout: str, root: str, classes: str = "") -> dataset_info.Heads:
     """((head name, description), ...): the layout's HEADS, or one unnamed head described by `describe`."""
     if layout in HEADS:
-        return tuple((name, dataset_info.PRESETS[preset]) for name, preset in HEADS[layout])
+        if classes:
+            raise ValueError(f"the {layout} layout has {len(HEADS[layout])} score heads with fixed descriptions; "
+                             "a classes file cannot replace them")
+        return dataset_info.resolve_heads(layout)
     return (("", describe(layout, root, classes)),)
 
 

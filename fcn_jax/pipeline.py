@@ -55,7 +55,8 @@ def classifier_job(cfg: ml_collections.ConfigDict, fcn_config: ml_collections.Co
     """The classifier's data, He-initialised state and final evaluation (accuracy on the eval split)."""
     train_source, eval_source = sources.load_sources(fcn_config)
     background = sources.describe_dataset(fcn_config)[0][1].background
-    train_examples, eval_examples = (cv.classifier_examples(source, background) for source in (train_source, eval_source))
+    train_examples, eval_examples = (cv.classifier_examples(source, background)
+                                     for source in (train_source, eval_source))
     model = cv.VGG16Classifier(num_classes=cfg.num_classes, width=cfg.width)
     tx = optax.adam(train.learning_rate_schedule(cfg, cfg.num_steps))
     image_shape = (cfg.batch_size, cfg.input_size, cfg.input_size, 3)
@@ -168,7 +169,7 @@ def convolutionalize_stage(config: ml_collections.ConfigDict, workdir: str) -> d
 
         shutil.rmtree(tmp)
     checkpoints.save_params(tmp, params, meta)
-    dataset_info.write(sources.describe_dataset(config.fcn), tmp)
+    dataset_info.write(train.resolve_num_classes(config.fcn), tmp)  # as the FCN stages describe it
     os.replace(tmp, directory)
     return meta
 
@@ -195,15 +196,7 @@ def write_heldout_scenes(directory: str, num_images: int, seed: int, source: str
     label encoding of the synthetic `source` (VOC palette PNGs, or the folder example's colour-coded RGB)."""
     from fcn_jax import synthetic
 
-    if source == "synthetic_folder":
-        description = synthetic.folder_description()
-        to_class = np.zeros(256, np.uint8)
-        to_class[255] = 255
-        for k, (voc_id, _, _) in enumerate(synthetic.SHAPE_CLASSES, start=1):
-            to_class[voc_id] = k
-        encode = lambda classes: synthetic.rgb_label_png_bytes(to_class[classes], description["colors"])  # noqa: E731
-    else:
-        encode = synthetic.palette_png_bytes
+    encode = synthetic.folder_label_png_bytes if source == "synthetic_folder" else synthetic.palette_png_bytes
     images_dir, labels_dir = os.path.join(directory, "images"), os.path.join(directory, "labels")
     os.makedirs(images_dir, exist_ok=True)
     os.makedirs(labels_dir, exist_ok=True)
@@ -267,7 +260,7 @@ def segment_stage(config: ml_collections.ConfigDict, workdir: str) -> dict:
             images_dir, labels_dir = write_heldout_scenes(os.path.join(directory, "heldout"), cfg.num_images, cfg.seed,
                                                           config.fcn.data.source)
         network = inference.load_network(weights)
-        heads = dataset_info.for_weights(weights, tuple(k for _, k in network.heads))
+        heads = dataset_info.for_weights(weights, network.heads)
         result = segment_images(network, heads, images_dir, labels_dir, os.path.join(directory, "predictions"),
                                 workdir, cfg)
         return {"weights": os.path.relpath(weights, workdir), **result}

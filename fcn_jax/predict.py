@@ -104,8 +104,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--width", type=float)
     group.add_argument("--normalization", choices=NORMALIZATIONS)
     group.add_argument("--dataset", help="class names and colours: a preset (voc, cityscapes, ade20k, pascal_context, "
-                                         "sift_flow, ...) or a classes.json; default: the dataset.json stored with "
-                                         "the weights")
+                                         "sift_flow for its two heads, ...) or a classes.json; default: the "
+                                         "dataset.json stored with the weights")
     parser.add_argument("--batch_size", type=int, default=1,
                         help="images per step (same padded size), rounded up to a multiple of the devices")
     parser.add_argument("--pad_multiple", type=int, default=1,
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         paths = image_io.find_images(args.input)
         directory = prepare_output(args.output)
         network = inference.load_network(args.weights, overrides(args))
-        heads = dataset_info.for_weights(args.weights, tuple(k for _, k in network.heads), args.dataset)
+        heads = dataset_info.for_weights(args.weights, network.heads, args.dataset)
         steps = inference.predict_steps(network)
         images = ((path, image_io.read_rgb(path)) for path in paths)
         with tqdm(total=len(paths), desc="predict", unit="image", dynamic_ncols=True) as progress:

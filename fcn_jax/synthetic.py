@@ -35,7 +35,7 @@ import scipy.ndimage
 from PIL import Image
 from tqdm import tqdm
 
-from fcn_jax.constants import SBD_DIR, VOC_DIR
+from fcn_jax.constants import IGNORE_LABEL, SBD_DIR, VOC_DIR
 from fcn_jax.dataset_info import PRESETS, dumps
 
 # (VOC class id, shape, hue of its colour family)
@@ -243,6 +243,16 @@ def rgb_label_png_bytes(label: np.ndarray, colours: list, ignore_colour=FOLDER_I
     return buffer.getvalue()
 
 
+def folder_label_png_bytes(label: np.ndarray) -> bytes:
+    """The folder example's label of a scene's VOC-id label (scene(), with_borders()): shape k of SHAPE_CLASSES
+    becomes class k, each painted in its classes.json colour, 255 in white."""
+    to_class = np.zeros(256, np.uint8)
+    to_class[IGNORE_LABEL] = IGNORE_LABEL
+    for k, (voc_id, _, _) in enumerate(SHAPE_CLASSES, start=1):
+        to_class[voc_id] = k
+    return rgb_label_png_bytes(to_class[label], folder_description()["colors"])
+
+
 def write_synthetic_folder(root: str, *, num_train: int = 240, num_val: int = 60, seed: int = 0) -> str:
     """Writes the folder-layout example under root once (classes.json, images/, labels/); returns root."""
     for name, value in (("num_train", num_train), ("num_val", num_val)):
@@ -256,12 +266,6 @@ def write_synthetic_folder(root: str, *, num_train: int = 240, num_val: int = 60
         if written != params:
             raise ValueError(f"{marker}: synthetic data written with {written}, not {params}; use another root")
         return root
-    description = folder_description()
-    to_class = {voc_id: k for k, (voc_id, _, _) in enumerate(SHAPE_CLASSES, start=1)}
-    lut = np.zeros(256, np.uint8)
-    for voc_id, k in to_class.items():
-        lut[voc_id] = k
-    lut[255] = 255
     n = 0
     for split, count in (("train", num_train), ("val", num_val)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -270,10 +274,9 @@ def write_synthetic_folder(root: str, *, num_train: int = 240, num_val: int = 60
             image, classes = scene(np.random.default_rng((seed, 3, n)))
             stem = f"shapes_{n:05d}"
             (out / "images" / split / f"{stem}.jpg").write_bytes(jpeg_bytes(image))
-            (out / "labels" / split / f"{stem}.png").write_bytes(
-                rgb_label_png_bytes(lut[with_borders(classes)], description["colors"]))
+            (out / "labels" / split / f"{stem}.png").write_bytes(folder_label_png_bytes(with_borders(classes)))
             n += 1
-    (out / "classes.json").write_text(dumps(description))
+    (out / "classes.json").write_text(dumps(folder_description()))
     marker.write_text(json.dumps(params))
     return root
 

@@ -168,6 +168,18 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_reduction
 # ----------------------------------------------------------------------------- validation of configs
 
 
+def validate_source(config: ml_collections.ConfigDict) -> None:
+    """config.data.source and its folder, checked before the dataset is described."""
+    if config.data.source not in sources.SOURCES:
+        raise ConfigError(f"config.data.source={config.data.source!r}: expected one of {', '.join(sources.SOURCES)}")
+    if config.data.source not in ("synthetic", "synthetic_folder") and not config.data.manual_dir:
+        raise ConfigError("config.data.manual_dir is empty: point it at the dataset's folder (for voc the one "
+                          "holding VOCdevkit/ and benchmark_RELEASE/; see README, 'Train on your own data')")
+    if config.data.source not in ("synthetic", "synthetic_folder") and \
+            not os.path.isdir(os.path.expanduser(config.data.manual_dir)):
+        raise ConfigError(f"config.data.manual_dir={config.data.manual_dir!r} does not exist")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Bad values fail here, before anything is compiled, with one clear line."""
     if config.model.variant not in models.VARIANTS:
@@ -178,14 +190,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.geometry={config.model.geometry!r}: expected caffe or same")
     if config.loss_reduction not in ("sum", "mean"):
         raise ConfigError(f"config.loss_reduction={config.loss_reduction!r}: expected sum or mean")
-    if config.data.source not in sources.SOURCES:
-        raise ConfigError(f"config.data.source={config.data.source!r}: expected one of {', '.join(sources.SOURCES)}")
-    if config.data.source not in ("synthetic", "synthetic_folder") and not config.data.manual_dir:
-        raise ConfigError("config.data.manual_dir is empty: point it at the dataset's folder (for voc the one "
-                          "holding VOCdevkit/ and benchmark_RELEASE/; see README, 'Train on your own data')")
-    if config.data.source not in ("synthetic", "synthetic_folder") and \
-            not os.path.isdir(os.path.expanduser(config.data.manual_dir)):
-        raise ConfigError(f"config.data.manual_dir={config.data.manual_dir!r} does not exist")
+    validate_source(config)
     if config.data.source in ("voc", "synthetic"):  # the other layouts' splits are known once their files are listed
         splits = TRAIN_SPLITS + EVAL_SPLITS
         for key in ("train_split", "eval_split"):
@@ -222,6 +227,7 @@ def resolve_num_classes(config: ml_collections.ConfigDict) -> dataset_info.Heads
     """The dataset's description of each head; sets config.model.num_classes (and .heads for several) from it
     when num_classes is 0. Another count is kept (e.g. a superset for later data), the description cut or
     extended to it, with a warning."""
+    validate_source(config)
     try:
         heads = sources.describe_dataset(config)
     except (ValueError, OSError) as error:
@@ -232,14 +238,10 @@ def resolve_num_classes(config: ml_collections.ConfigDict) -> dataset_info.Heads
     elif config.model.num_classes != first.num_classes and 1 <= config.model.num_classes <= IGNORE_LABEL:
         logging.warning("config.model.num_classes=%d, but the %s dataset has %d classes (0 takes the dataset's)",
                         config.model.num_classes, first.name, first.num_classes)
-        heads = (("", first.with_num_classes(config.model.num_classes)),) + heads[1:]
+        heads = ((heads[0][0], first.with_num_classes(config.model.num_classes)),) + heads[1:]
     if len(heads) > 1:
         config.model.heads = tuple((head, info.num_classes) for head, info in heads)
     return heads
-
-
-def model_heads(model_config: ml_collections.ConfigDict) -> tuple[tuple[str, int], ...]:
-    return models.head_specs(model_config.num_classes, model_config.heads)
 
 
 def eval_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int]:
@@ -257,10 +259,11 @@ def validate(params: Any, step: int, *, config: ml_collections.ConfigDict, eval_
     from fcn_jax import input_pipeline
 
     _, per_process = eval_batch_sizes(config, steps.mesh.devices.size)
+    heads = models.head_specs(config.model.num_classes, config.model.heads)
     dataset = input_pipeline.eval_dataset(
         eval_source, batch_size=per_process, pad_size=tuple(config.eval.pad_size) or None,
         normalization=config.data.normalization, process_index=jax.process_index(),
-        process_count=jax.process_count(), num_classes=tuple(k for _, k in model_heads(config.model)))
+        process_count=jax.process_count(), num_classes=tuple(k for _, k in heads))
     sample_dir = os.path.join(workdir, artifacts.SAMPLES_DIR, f"step_{step:06d}")
     saved = [0]
 
@@ -269,7 +272,6 @@ def validate(params: Any, step: int, *, config: ml_collections.ConfigDict, eval_
             saved[0] += _save_samples(out["prediction"], batch, sample_dir, config.eval.num_samples - saved[0],
                                       info[0][1].palette())
 
-    heads = model_heads(config.model)
     result = inference.score(steps, params, input_pipeline.numpy_batches(dataset), heads,
                              on_batch=save_samples).result()
     for index, (name, head_info) in enumerate(info):  # metrics.jsonl names the classes
@@ -345,10 +347,11 @@ def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh, info: dataset
             num_classes=head_classes)
         return input_pipeline.numpy_batches(dataset)
 
-    head_classes = tuple(k for _, k in model_heads(config.model))
+    heads = models.head_specs(config.model.num_classes, config.model.heads)
+    head_classes = tuple(k for _, k in heads)
     label_shape = image_shape[:3] + ((len(head_classes),) if len(head_classes) > 1 else ())  # a label map a head
     schedule = jax.jit(learning_rate_schedule(config.optim, num_updates(config)))  # one compile, not one per op
-    eval_steps = inference.eval_steps(model.apply, model_heads(config.model), mesh)
+    eval_steps = inference.eval_steps(model.apply, heads, mesh)
     return loop.Job(
         state=state, rng=jax.device_put(jax.random.PRNGKey(config.seed), replicated),
         step_fn=functools.partial(train_step, loss_reduction=config.loss_reduction, num_classes=head_classes),

@@ -183,6 +183,13 @@ def test_set_points_a_sweep_at_another_dataset(sweep, tmp_path):
     assert stored["model"]["variant"] == "fcn32s" and stored["eval"]["pad_size"] == []
     evaluation = [r for r in artifacts.read_metrics(str(tmp_path / "runs" / "fcn32s")) if r["split"] == "val"][-1]
     assert list(evaluation["per_class_iou"])[1:3] == ["triangle", "rectangle"]
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:  # a rerun finds the variant finished (num_classes 0 resolved to 6)
+        patch.setattr(train, "train_and_evaluate", lambda *args: calls.append(args))
+        ablate.run(sweep["file"], str(tmp_path / "runs"), only="fcn32s", settings=settings)
+    assert calls == []
+    with pytest.raises(ablate.SweepError, match=r"variant '--set': train.num_steps=1000.0: "):
+        ablate.run(sweep["file"], str(tmp_path / "runs"), only="fcn32s", settings=["train.num_steps=1e3"])
     with pytest.raises(ablate.SweepError, match=r"--set 'data.source': expected key=value"):
         ablate.run(sweep["file"], str(tmp_path / "runs"), only="fcn32s", settings=["data.source"])
     with pytest.raises(ablate.SweepError, match=r"variant '--set': unknown config key 'data.sorce'"):

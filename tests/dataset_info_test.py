@@ -72,6 +72,8 @@ def test_ade20k_and_pascal_context_shift_ids_and_ignore_zero(tmp_path):
     Image.fromarray(np.array([[0, 1, 150]], np.uint8)).save(tmp_path / "ade.png")
     np.testing.assert_array_equal(PRESETS["ade20k"].decode(tmp_path / "ade.png"), [[255, 0, 149]])
     assert PRESETS["ade20k"].num_classes == 150 and PRESETS["ade20k"].classes[:3] == ("wall", "building", "sky")
+    assert PRESETS["pascal_context"].classes[:4] == ("aeroplane", "bag", "bed", "bedclothes")  # 1..59 alphabetical
+    assert list(PRESETS["pascal_context"].classes) == sorted(PRESETS["pascal_context"].classes)
     Image.fromarray(np.array([[0, 59, 60]], np.uint8)).save(tmp_path / "context.png")
     with pytest.raises(BadExampleError, match=r"label values \[60\] are not in the pascal_context id map"):
         PRESETS["pascal_context"].decode(tmp_path / "context.png")
@@ -98,6 +100,8 @@ def test_sift_flow_mat_labels_as_the_reference_reads_them(tmp_path):
     ({"encoding": "jpeg"}, "'encoding' is 'jpeg'"),
     ({"id_map": {"3": 7}}, "'id_map' maps to values outside 0..2"),
     ({"background": 5}, "'background' must be a class index"),
+    ({"background": True}, "'background' must be a class index"),
+    ({"ignore_label": -1}, "'ignore_label' must be a non-negative integer"),
 ])
 def test_bad_descriptions_name_the_field(change, message):
     with pytest.raises(ValueError, match=message):
@@ -127,9 +131,13 @@ def test_stored_descriptions_name_the_classes_of_weights(tmp_path):
     assert dataset_info.for_weights(str(tmp_path / "run"), 19, "cityscapes")[0][1] == PRESETS["cityscapes"]
     heads = (("sem", PRESETS["sift_flow_semantic"]), ("geo", PRESETS["sift_flow_geometric"]))
     dataset_info.write(heads, str(tmp_path / "sift"))
-    assert dataset_info.for_weights(str(tmp_path / "sift"), (33, 3)) == heads
+    specs = (("sem", 33), ("geo", 3))
+    assert dataset_info.for_weights(str(tmp_path / "sift"), specs) == heads
+    assert dataset_info.for_weights(None, specs, "sift_flow") == heads  # the multi-head preset
+    assert [(n, i.classes[0]) for n, i in dataset_info.for_weights(None, (("a", 2), ("b", 3)))] == [
+        ("a", "class_0"), ("b", "class_0")]  # no description: generic names under the network's head names
     with pytest.raises(ValueError, match=r"has 33\+3 classes but the weights 33\+4"):
-        dataset_info.for_weights(str(tmp_path / "sift"), (33, 4))
+        dataset_info.for_weights(str(tmp_path / "sift"), (("sem", 33), ("geo", 4)))
 
 
 def test_a_palette_keeps_voc_colours_beyond_the_classes():

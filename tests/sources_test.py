@@ -69,6 +69,29 @@ def test_a_dataset_count_other_than_the_config_is_kept_with_named_extra_classes(
     assert heads[0][1].classes[-3:] == ("cross", "class_6", "class_7") and config.model.num_classes == 8
 
 
+def test_the_first_heads_name_survives_a_class_count_of_its_own():
+    from experiments import sift_flow
+
+    config = sift_flow.get_config()
+    config.data.manual_dir, config.model.num_classes = "/", 40
+    heads = train.resolve_num_classes(config)
+    assert [(n, i.num_classes) for n, i in heads] == [("sem", 40), ("geo", 3)]
+    assert config.model.heads == (("sem", 40), ("geo", 3))
+
+
+def test_evaluate_scores_the_split_the_run_validated_on(tmp_path):
+    """A folder split by a seeded ratio is re-drawn with the run's val_fraction and seed, not the defaults."""
+    config = folder_experiment.get_config()
+    config.data.update(val_fraction=0.3, split_seed=7, classes="my/classes.json")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(config.to_json())
+    args = evaluate.parse_args(["--weights", str(tmp_path / "run"), "--split", "val", "--layout", "folder"])
+    assert evaluate.split_options(args) == {"classes": "my/classes.json", "val_fraction": 0.3, "split_seed": 7}
+    args = evaluate.parse_args(["--weights", str(tmp_path / "run" / "checkpoints"), "--split", "val", "--layout",
+                                "folder", "--split_seed", "1"])
+    assert evaluate.split_options(args)["split_seed"] == 1
+
+
 def _sift_flow(root, rng, ids):
     for split, names in ids.items():
         root.mkdir(parents=True, exist_ok=True)
