@@ -77,7 +77,8 @@ class DatasetInfo:
         raw = self._read_raw(path)
         if self.id_map:
             return self._apply_id_map(raw, path)
-        ids = np.where(raw == self.ignore_label, IGNORE_LABEL, raw)
+        # colour-coded labels mark unlabelled pixels by ignore_color, the others by the raw ignore_label
+        ids = raw if self.encoding == "rgb" else np.where(raw == self.ignore_label, IGNORE_LABEL, raw)
         return check_label_values(ids, path, self.classes)
 
     def _read_raw(self, path: pathlib.Path) -> np.ndarray:
@@ -179,7 +180,7 @@ def from_json(value: dict, source: str = "dataset description") -> DatasetInfo:
         raise ValueError(f"{source}: 'classes' must be a non-empty list of class names")
     if len(classes) >= IGNORE_LABEL or len(set(classes)) != len(classes):
         raise ValueError(f"{source}: 'classes' must hold 1..{IGNORE_LABEL - 1} distinct names")
-    colors = value.get("colors") or voc_palette()[:len(classes)].tolist()
+    colors = value["colors"] if value.get("colors") is not None else voc_palette()[:len(classes)].tolist()
     if len(colors) != len(classes) or not all(_is_colour(c) for c in colors):
         raise ValueError(f"{source}: 'colors' must be one [r, g, b] (0..255) per class ({len(classes)})")
     encoding = value.get("encoding", "palette")
@@ -204,7 +205,16 @@ def from_json(value: dict, source: str = "dataset description") -> DatasetInfo:
     ignore_label = value.get("ignore_label", IGNORE_LABEL)
     if isinstance(ignore_label, bool) or not isinstance(ignore_label, int) or ignore_label < 0:
         raise ValueError(f"{source}: 'ignore_label' must be a non-negative integer (the raw value meaning ignore)")
-    return DatasetInfo(name=str(value.get("name", "dataset")), classes=tuple(classes),
+    if encoding == "rgb" and ignore_label != IGNORE_LABEL:
+        raise ValueError(f"{source}: 'ignore_label' is for palette / index labels; colour-coded ones mark "
+                         "unlabelled pixels with 'ignore_color'")
+    if ignore_label < len(classes) and not id_map:
+        raise ValueError(f"{source}: 'ignore_label' {ignore_label} is class {classes[ignore_label]!r}, which could "
+                         f"then never be labelled; use a value of at least {len(classes)} (default {IGNORE_LABEL})")
+    name = value.get("name", "dataset")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{source}: 'name' must be a non-empty string")
+    return DatasetInfo(name=name, classes=tuple(classes),
                        colors=tuple(tuple(int(v) for v in c) for c in colors), encoding=encoding,
                        ignore_label=ignore_label,
                        ignore_color=tuple(ignore_color) if ignore_color is not None else None, id_map=id_map,
@@ -213,17 +223,19 @@ def from_json(value: dict, source: str = "dataset description") -> DatasetInfo:
 
 def _is_colour(value) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 3 and all(
-        isinstance(v, int) and 0 <= v <= 255 for v in value)
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+
+
+def _load_json(path: pathlib.Path):
+    try:
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid UTF-8 JSON ({error})") from None
 
 
 def read(path) -> DatasetInfo:
     """A classes.json / dataset.json file."""
-    path = pathlib.Path(path)
-    try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    return from_json(value, str(path))
+    return from_json(_load_json(pathlib.Path(path)), str(path))
 
 
 def dumps(value: dict) -> str:
@@ -247,10 +259,7 @@ def write(heads: Heads, directory: str) -> None:
 def read_heads(path) -> Heads:
     """The heads of a dataset.json (one unnamed head for a plain description)."""
     path = pathlib.Path(path)
-    try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    value = _load_json(path)
     if isinstance(value, dict) and set(value) == {"heads"}:
         return tuple((name, from_json(v, f"{path} head {name}")) for name, v in value["heads"].items())
     return (("", from_json(value, str(path))),)

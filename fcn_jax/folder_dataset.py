@@ -92,19 +92,7 @@ class FolderDataset(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split, files, heads):
         skip = self.builder_config.skip_bad_examples and split.startswith(TRAIN_SPLIT_PREFIX)
-        skipped = 0
-        for example_files in files:
-            try:
-                example = read_example(example_files, heads)
-            except BadExampleError as error:
-                if not skip:
-                    raise
-                skipped += 1
-                log.warning("%s %s: skipping bad example: %s", self.name, split, error)
-                continue
-            yield example_files.image_id, example
-        if skipped:
-            log.warning("%s %s: skipped %d of %d bad examples", self.name, split, skipped, len(files))
+        return layouts.read_examples(self.name, split, files, lambda f: read_example(f, heads), skip)
 
 
 def heads_json(heads: dataset_info.Heads) -> dict:
@@ -112,9 +100,7 @@ def heads_json(heads: dataset_info.Heads) -> dict:
 
 
 def split_files(config: FolderConfig, root: pathlib.Path) -> tuple[layouts.Splits, str]:
-    options = {"val_fraction": config.val_fraction, "split_seed": config.split_seed} if config.layout == "folder" \
-        else {}
-    return layouts.split_files(config.layout, root, **options)
+    return layouts.split_files(config.layout, root, val_fraction=config.val_fraction, split_seed=config.split_seed)
 
 
 def builder(data_dir: str, layout: str = "folder", *, classes: str = "", val_fraction: float = 0.2,

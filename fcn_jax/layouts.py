@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import pathlib
 
@@ -33,6 +34,7 @@ from fcn_jax import dataset_info
 from fcn_jax.image_io import IMAGE_EXTENSIONS, BadExampleError
 
 SIFT_FLOW_DIR = "spatial_envelope_256x256_static_8outdoorcategories"
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,26 @@ def check_splits(splits: Splits) -> Splits:
     return splits
 
 
+def read_examples(name: str, split: str, files: list[ExampleFiles], read, skip: bool):
+    """(id, read(files)) of every example, for a tfds builder's _generate_examples. With `skip`, a bad example
+    (BadExampleError) is logged, counted and left out; a split left with none is an error naming the first."""
+    skipped, first = 0, None
+    for example_files in files:
+        try:
+            example = read(example_files)
+        except BadExampleError as error:
+            if not skip:
+                raise
+            skipped, first = skipped + 1, first or error
+            log.warning("%s %s: skipping bad example: %s", name, split, error)
+            continue
+        yield example_files.image_id, example
+    if skipped == len(files):
+        raise BadExampleError(f"{name} split {split!r}: all {skipped} examples are bad; the first: {first}")
+    if skipped:
+        log.warning("%s %s: skipped %d of %d bad examples", name, split, skipped, len(files))
+
+
 def files_by_stem(directory: pathlib.Path, extensions=IMAGE_EXTENSIONS) -> dict[str, pathlib.Path]:
     """stem -> file of a folder's files with those extensions; two files of one stem are an error."""
     if not directory.is_dir():
@@ -107,7 +129,12 @@ def folder(root: pathlib.Path, *, val_fraction: float = 0.2, split_seed: int = 0
     lists = sorted((root / "splits").glob("*.txt")) if (root / "splits").is_dir() else []
     if lists:
         return {p.stem: _pairs(images, labels, read_id_list(p), p) for p in lists}, "lists in splits/"
-    subfolders = sorted(p.name for p in images.iterdir() if p.is_dir())
+    subfolders = sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = files_by_stem(images)
+    if subfolders and loose:
+        raise BadExampleError(f"{images} holds split folders ({', '.join(subfolders)}) and images next to them "
+                              f"({', '.join(p.name for p in list(loose.values())[:3])}{' ...' if len(loose) > 3 else ''}"
+                              "), which no split would read; move them into a split folder")
     if subfolders:
         return {s: _pairs(images / s, labels / s) for s in subfolders}, f"subfolders {', '.join(subfolders)}"
     if not 0 < val_fraction < 1:
@@ -187,14 +214,24 @@ LAYOUTS = {
 HEADS = dataset_info.HEAD_PRESETS  # layouts with several score heads
 
 
-def split_files(layout: str, root: pathlib.Path, **folder_options) -> tuple[Splits, str]:
-    """(split -> files, how the splits were made), checked."""
+def split_files(layout: str, root: pathlib.Path, *, val_fraction: float = 0.2,
+                split_seed: int = 0) -> tuple[Splits, str]:
+    """(split -> files, how the splits were made), checked; val_fraction and split_seed: the folder layout's."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder not found")
-    splits, rule = LAYOUTS[layout](root, **folder_options) if layout == "folder" else LAYOUTS[layout](root)
+    splits, rule = (folder(root, val_fraction=val_fraction, split_seed=split_seed) if layout == "folder"
+                    else LAYOUTS[layout](root))
     return check_splits(splits), rule
+
+
+def check_disjoint(splits: Splits, first: str, second: str) -> None:
+    """Training and validation splits must not share an image: validation would score what was trained on."""
+    shared = sorted({e.image_id for e in splits[first]} & {e.image_id for e in splits[second]})
+    if shared and first != second:
+        raise BadExampleError(f"splits {first!r} and {second!r} share {len(shared)} image(s) ({', '.join(shared[:3])}"
+                              f"{' ...' if len(shared) > 3 else ''}); validation would score training images")
 
 
 def describe(layout: str, root: str, classes: str = "") -> dataset_info.DatasetInfo:

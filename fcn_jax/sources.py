@@ -7,6 +7,7 @@ the others wait) and returns the two random-access splits. TensorFlow is importe
 from __future__ import annotations
 
 import os
+import pathlib
 
 import jax
 import ml_collections
@@ -65,6 +66,10 @@ def load_sources(config: ml_collections.ConfigDict):
     if jax.process_index() == 0:
         folder_dataset.prepare(data_dir, manual_dir, _layout(data.source), **options)
     _sync("dataset prepared")
+    splits, _ = layouts.split_files(_layout(data.source), pathlib.Path(manual_dir).resolve(),
+                                    val_fraction=data.val_fraction, split_seed=data.split_seed)
+    if data.train_split in splits and data.eval_split in splits:  # (a missing one is named by load_split)
+        layouts.check_disjoint(splits, data.train_split, data.eval_split)
     return tuple(folder_dataset.load_split(data_dir, split, manual_dir, _layout(data.source), **options)
                  for split in (data.train_split, data.eval_split))
 

@@ -182,6 +182,16 @@ def assign_ids(num_train: int, num_val: int, num_sbd_only: int, seed: int) -> di
             "sbd_val": sorted(sbd_val), "all": ids}
 
 
+def already_written(marker: pathlib.Path, params: dict) -> bool:
+    """True if a complete tree was written there with `params`; another tree there is an error."""
+    if not marker.exists():
+        return False
+    written = json.loads(marker.read_text())
+    if written != params:
+        raise ValueError(f"{marker}: synthetic data written with {written}, not {params}; use another root")
+    return True
+
+
 def write_synthetic_voc(root: str, *, num_train: int = 300, num_val: int = 60,
                         num_sbd_only: int = 100, seed: int = 0) -> str:
     """Writes the VOCdevkit + SBD trees under root once; returns root (a manual_dir)."""
@@ -191,10 +201,7 @@ def write_synthetic_voc(root: str, *, num_train: int = 300, num_val: int = 60,
     out = pathlib.Path(root)
     params = {"num_train": num_train, "num_val": num_val, "num_sbd_only": num_sbd_only, "seed": seed}
     marker = out / MARKER
-    if marker.exists():
-        written = json.loads(marker.read_text())
-        if written != params:
-            raise ValueError(f"{marker}: synthetic data written with {written}, not {params}; use another root")
+    if already_written(marker, params):
         return root
     voc, sbd = out / VOC_DIR, out / SBD_DIR
     for folder in (voc / "JPEGImages", voc / "SegmentationClass", voc / "ImageSets/Segmentation",
@@ -261,10 +268,7 @@ def write_synthetic_folder(root: str, *, num_train: int = 240, num_val: int = 60
     out = pathlib.Path(root)
     params = {"layout": "folder", "num_train": num_train, "num_val": num_val, "seed": seed}
     marker = out / MARKER
-    if marker.exists():
-        written = json.loads(marker.read_text())
-        if written != params:
-            raise ValueError(f"{marker}: synthetic data written with {written}, not {params}; use another root")
+    if already_written(marker, params):
         return root
     n = 0
     for split, count in (("train", num_train), ("val", num_val)):

@@ -55,7 +55,7 @@ from fcn_jax import input_pipeline  # noqa: F401  (imported first: it keeps TF o
 from fcn_jax.constants import EVAL_SPLITS, SBD_DIR, TRAIN_SPLITS, VOC_DIR
 from fcn_jax.dataset_info import PRESETS
 from fcn_jax.image_io import BadExampleError, check_label_values, stored_image
-from fcn_jax.layouts import ExampleFiles, read_id_list
+from fcn_jax.layouts import ExampleFiles, read_examples, read_id_list
 SPLITS = TRAIN_SPLITS + EVAL_SPLITS
 LAYOUT = (
     f"{VOC_DIR}/{{JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
@@ -245,19 +245,7 @@ class VocSbd(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split, files):
         skip = self.builder_config.skip_bad_examples and split in TRAIN_SPLITS
-        skipped = 0
-        for example_files in files:
-            try:
-                example = read_example(example_files)
-            except BadExampleError as e:
-                if not skip:
-                    raise
-                skipped += 1
-                log.warning("voc_sbd %s: skipping bad example: %s", split, e)
-                continue
-            yield example_files.image_id, example
-        if skipped:
-            log.warning("voc_sbd %s: skipped %d of %d bad examples", split, skipped, len(files))
+        return read_examples("voc_sbd", split, files, read_example, skip)
 
 
 # ---------------------------------------------------------------- entry points

@@ -101,11 +101,22 @@ def test_sift_flow_mat_labels_as_the_reference_reads_them(tmp_path):
     ({"id_map": {"3": 7}}, "'id_map' maps to values outside 0..2"),
     ({"background": 5}, "'background' must be a class index"),
     ({"background": True}, "'background' must be a class index"),
+    ({"encoding": "index", "ignore_label": 1}, "'ignore_label' 1 is class 'red', which could then never be labelled"),
+    ({"ignore_label": 7}, "'ignore_label' is for palette / index labels; colour-coded ones mark unlabelled pixels"),
+    ({"name": ""}, "'name' must be a non-empty string"),
+    ({"colors": []}, "'colors' must be one"),
+    ({"colors": [[0, 0, 0], [True, 0, 0], [0, 200, 0]]}, "'colors' must be one"),
     ({"ignore_label": -1}, "'ignore_label' must be a non-negative integer"),
 ])
 def test_bad_descriptions_name_the_field(change, message):
     with pytest.raises(ValueError, match=message):
         dataset_info.from_json({**SHAPES, **change}, "classes.json")
+
+
+def test_a_classes_file_that_is_not_utf8_json_is_named(tmp_path):
+    (tmp_path / "classes.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(ValueError, match=r"classes.json: not valid UTF-8 JSON"):
+        dataset_info.read(tmp_path / "classes.json")
 
 
 def test_every_preset_round_trips_through_json_and_defaults_fill_in():

@@ -98,6 +98,9 @@ def test_skip_bad_examples_skips_bad_training_images_only(tmp_path):
         _png(root / "labels" / split / f"{stem}.png", np.zeros((6, 6) if stem != "bad" else (5, 6), np.uint8))
     source = folder_dataset.load_split(str(tmp_path / "tfds"), "train", str(root), skip_bad_examples=True)
     assert [source[i]["id"] for i in range(len(source))] == ["good"]
+    _png(root / "labels" / "train" / "good.png", np.zeros((5, 6), np.uint8))  # now every training example is bad
+    with pytest.raises(BadExampleError, match=r"fcn_folder split 'train': all 2 examples are bad; the first: .*bad.png: label is 5x6"):
+        folder_dataset.prepare(str(tmp_path / "tfds_all_bad"), str(root), skip_bad_examples=True)
     with pytest.raises(BadExampleError, match=r"bad.png: label is 5x6 but image .*bad.jpg is 6x6"):
         folder_dataset.prepare(str(tmp_path / "strict"), str(root))
 

@@ -48,6 +48,28 @@ def test_subfolders_are_splits(tmp_path):
         layouts.split_files("folder", tmp_path)
 
 
+def test_loose_images_next_to_split_folders_and_hidden_folders(tmp_path):
+    _folder(tmp_path, ["a"], "train")
+    (tmp_path / "images" / ".ipynb_checkpoints").mkdir()  # hidden: not a split
+    assert _ids(layouts.split_files("folder", tmp_path)[0]) == {"train": ["a"]}
+    _folder(tmp_path, ["b", "c"])
+    with pytest.raises(BadExampleError, match=r"holds split folders \(train\) and images next to them \(b.jpg, "
+                                              r"c.jpg\), which no split would read"):
+        layouts.split_files("folder", tmp_path)
+
+
+def test_training_and_validation_splits_must_not_share_images(tmp_path):
+    _folder(tmp_path, ["a", "b", "c"])
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "train.txt").write_text("a\nb\n")
+    (tmp_path / "splits" / "val.txt").write_text("b\nc\n")
+    (tmp_path / "splits" / "trainval.txt").write_text("a\nb\nc\n")
+    splits, _ = layouts.split_files("folder", tmp_path)
+    with pytest.raises(BadExampleError, match=r"splits 'train' and 'val' share 1 image\(s\) \(b\); validation"):
+        layouts.check_disjoint(splits, "train", "val")
+    layouts.check_disjoint(splits, "trainval", "trainval")  # the same split, asked for on purpose
+
+
 def test_a_flat_folder_is_split_by_a_seeded_ratio(tmp_path):
     stems = [f"im{i:02d}" for i in range(20)]
     _folder(tmp_path, stems)
