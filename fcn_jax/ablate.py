@@ -210,6 +210,20 @@ def describe_base(config: ml_collections.ConfigDict) -> str:
             f"{train_config.num_steps} steps")
 
 
+def class_table(variants, results: list[dict]) -> str:
+    """Per-class IU (%) of every variant, a row a class, named by the dataset (the runs' per_class_iou)."""
+    names = [name for name, _, _ in variants]
+    per_class = results[0].get("per_class_iou") if results else None
+    if not isinstance(per_class, dict):  # a result.json from before classes were named
+        return ""
+    classes = list(per_class)
+    rows = ["## IU per class (%)", "", "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for cls in classes:
+        values = [result.get("per_class_iou", {}).get(cls) for result in results]
+        rows.append(f"| {cls} | " + " | ".join("n/a" if v is None else f"{100 * v:.1f}" for v in values) + " |")
+    return "\n".join(rows)
+
+
 def write_results(base: ml_collections.ConfigDict, variants, results: list[dict], workdir: str,
                   title: str, command: str) -> tuple[str, str]:
     """workdir/results.md and workdir/results.png; `command` is the line that reproduces them."""
@@ -217,7 +231,7 @@ def write_results(base: ml_collections.ConfigDict, variants, results: list[dict]
             results_table(variants, results, workdir), "",
             f"Scores (%) on {base.data.eval_split} after the last step; steps include those of the variant a run "
             "was initialised from; train images/s is the median over logging windows.", "",
-            "![results](results.png)", ""]
+            "![results](results.png)", "", class_table(variants, results), ""]
     md_path = os.path.join(workdir, "results.md")
     with open(md_path, "w") as f:
         f.write("\n".join(text))

@@ -372,8 +372,8 @@ _SYNTHETIC_NAMES = {1: "triangle", 7: "rectangle", 8: "disc", 12: "ring", 15: "c
 
 PRESETS = {
     "voc": _preset("voc", VOC_CLASSES, shifted_colours=False),
-    "synthetic": _preset("synthetic", tuple(_SYNTHETIC_NAMES.get(i, f"unused ({n})") for i, n in
-                                            enumerate(VOC_CLASSES)), shifted_colours=False),
+    "synthetic": _preset("synthetic", tuple(_SYNTHETIC_NAMES.get(i, n if i == 0 else f"unused ({n})")
+                                            for i, n in enumerate(VOC_CLASSES)), shifted_colours=False),
     "pascal_context": _preset("pascal_context", PASCAL_CONTEXT_CLASSES, shifted_colours=True, encoding="index",
                               id_map=_shift_map(len(PASCAL_CONTEXT_CLASSES)), background=None),
     "ade20k": _preset("ade20k", ADE20K_CLASSES, shifted_colours=True, encoding="index",

@@ -116,6 +116,13 @@ def test_results_table_and_plot_hold_every_variant(sweep):
         speeds = [r["images_per_s"] for r in artifacts.read_metrics(os.path.join(workdir, name)) if r["split"] == "train"]
         assert float(cells[8]) == pytest.approx(np.median(speeds), abs=0.05)
     assert cells[1] == "train.checkpoint_every=1" and cells[2] == "2"
+    class_rows = lines[lines.index("## IU per class (%)\n") + 4:]
+    by_class = {row.split(" | ")[0][2:]: row for row in class_rows if row.startswith("| ")}
+    assert list(by_class)[:3] == ["background", "triangle", "unused (bicycle)"]  # the synthetic data's names
+    for column, name in enumerate(("fcn32s", "fcn8s"), start=1):
+        value = final_eval(workdir, name)["per_class_iou"]["triangle"]
+        cell = by_class["triangle"].strip().strip("|").split("|")[column].strip()
+        assert cell == ("n/a" if value is None or value != value else f"{100 * value:.1f}")
     with Image.open(os.path.join(workdir, "results.png")) as image:
         assert image.format == "PNG" and image.width > 500 and image.height > 200
         assert np.asarray(image.convert("L")).std() > 10  # drawn, not blank

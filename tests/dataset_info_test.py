@@ -126,7 +126,8 @@ def test_every_preset_round_trips_through_json_and_defaults_fill_in():
     info = dataset_info.from_json({"classes": ["background", "cat"]})
     assert info.encoding == "palette" and info.background == 0 and info.colors == ((0, 0, 0), (128, 0, 0))
     assert dataset_info.from_json({"classes": ["sky", "road"]}).background is None
-    assert PRESETS["synthetic"].classes[1] == "triangle" and PRESETS["synthetic"].classes[2] == "unused (bicycle)"
+    assert PRESETS["synthetic"].classes[:3] == ("background", "triangle", "unused (bicycle)")
+    assert PRESETS["synthetic"].background == 0
 
 
 def test_stored_descriptions_name_the_classes_of_weights(tmp_path):
