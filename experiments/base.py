@@ -68,6 +68,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 1              # global; padded to a multiple of the device count
     config.eval.pad_size = (512, 512)       # every eval image padded (label 255) to this; () = from the split
     config.eval.num_samples = 4             # predicted masks saved next to their ground truth per evaluation
+    config.eval.window = ()                 # inference mode of validation (fcn_jax.modes): () = whole images, or
+    config.eval.stride = ()                 #   (h, w) sliding windows every stride (() = the window)
+    config.eval.flip = False                # test-time augmentation: average in the flipped image
+    config.eval.scales = (1.0,)             #   and the image resized by these factors
 
     config.init_from = ""                   # converted weights or a previous stage's workdir ("" = from scratch)
     return config

@@ -30,7 +30,7 @@ import sys
 
 import numpy as np
 
-from fcn_jax import artifacts, dataset_info, image_io, inference, layouts, predict
+from fcn_jax import artifacts, dataset_info, image_io, inference, layouts, modes, predict
 from fcn_jax.constants import IGNORE_LABEL, SCORES
 
 
@@ -67,7 +67,7 @@ class FolderSource(collections.abc.Sequence):
 
 
 def evaluate(network: inference.Network, source, *, batch_size: int = 1, pad_multiple: int = 1,
-             progress: bool = False) -> dict:
+             progress: bool = False, mode: modes.Mode = modes.Mode()) -> dict:
     """Scores of `network` on every example of `source` (segmentation_metrics + loss, num_images, confusion).
 
     Runs inference.eval_step data-parallel over the network's mesh, compiled once per padded batch shape.
@@ -92,8 +92,16 @@ def evaluate(network: inference.Network, source, *, batch_size: int = 1, pad_mul
                    "size": len(group)}
 
     with tqdm(total=len(source), desc="evaluate", unit="image", disable=not progress, dynamic_ncols=True) as bar:
-        scores = inference.score(steps, network.params, batches(), network.heads,
-                                 on_batch=lambda out, batch: bar.update(batch["size"]))
+        if mode.plain:
+            scores = inference.score(steps, network.params, batches(), network.heads,
+                                     on_batch=lambda out, batch: bar.update(batch["size"]))
+        else:  # one image at a time, each at its own size (windows, flips and scales batched inside)
+            run, scores = modes.LogitSteps.of(network, batch_size), inference.Scores(network.heads)
+            for image, label, _ in examples:
+                scores.add(modes.scores(modes.image_logits(run, inference.normalize(image, normalization), mode),
+                                        label, network.heads))
+                bar.update(1)
+            steps = run.steps
     result = scores.result()
     result.update(num_images=len(source), num_pixels=scores.num_valid, compilations=steps.compilations,
                   confusion=scores.confusion.tolist())
@@ -198,7 +206,7 @@ def main(argv=None) -> int:
                              "(--layout, --manual_dir), which holds a label of every head")
         source, description = load_source(args, heads[0][1])
         result = evaluate(network, source, batch_size=args.batch_size, pad_multiple=args.pad_multiple,
-                          progress=True)
+                          progress=True, mode=predict.mode(args))
         if args.output:
             os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
             with open(args.output, "w") as f:

@@ -149,21 +149,25 @@ def _suffix(index: int, name: str) -> str:
     return "" if index == 0 else f"_{name}"
 
 
-def eval_step(params: Any, batch: dict, *, apply_fn, heads: tuple[tuple[str, int], ...]) -> dict:
-    """Per head (models.head_specs): confusion matrix (summed over the global batch), summed loss and valid
-    pixels; and the predicted masks, (B, H, W) or (B, H, W, heads)."""
-    logits = apply_fn({"params": params}, batch["image"], train=False)
+def logit_scores(logits: jax.Array, labels: jax.Array, heads: tuple[tuple[str, int], ...]) -> dict:
+    """Per head (models.head_specs): confusion matrix (summed over the batch), summed loss and valid pixels; and
+    the predicted masks, (B, H, W) or (B, H, W, heads)."""
     out, predictions = {}, []
-    for index, ((name, classes), (head_logits, labels)) in enumerate(
-            zip(heads, losses.split_heads(logits, batch["label"], tuple(k for _, k in heads)))):
+    for index, ((name, classes), (head_logits, head_labels)) in enumerate(
+            zip(heads, losses.split_heads(logits, labels, tuple(k for _, k in heads)))):
         prediction = jnp.argmax(head_logits, -1)
         suffix = _suffix(index, name)
         out[f"loss_sum{suffix}"], out[f"num_valid{suffix}"] = losses.pixel_cross_entropy(
-            head_logits, labels, reduction="sum")
-        out[f"confusion{suffix}"] = metrics.confusion_matrix(prediction, labels, classes)
+            head_logits, head_labels, reduction="sum")
+        out[f"confusion{suffix}"] = metrics.confusion_matrix(prediction, head_labels, classes)
         predictions.append(prediction)
     out["prediction"] = (predictions[0] if len(predictions) == 1 else jnp.stack(predictions, -1)).astype(jnp.uint8)
     return out
+
+
+def eval_step(params: Any, batch: dict, *, apply_fn, heads: tuple[tuple[str, int], ...]) -> dict:
+    """logit_scores of the network's logits on a global batch."""
+    return logit_scores(apply_fn({"params": params}, batch["image"], train=False), batch["label"], heads)
 
 
 def predict_step(params: Any, batch: dict, *, apply_fn, heads: tuple[tuple[str, int], ...]) -> jax.Array:

@@ -33,7 +33,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from fcn_jax import artifacts, dataset_info, image_io, inference, models, visualize
+from fcn_jax import artifacts, dataset_info, image_io, inference, models, modes, visualize
 from fcn_jax.constants import NORMALIZATIONS
 
 
@@ -108,8 +108,29 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                                          "dataset.json stored with the weights")
     parser.add_argument("--batch_size", type=int, default=1,
                         help="images per step (same padded size), rounded up to a multiple of the devices")
+    modes_group = parser.add_argument_group("inference mode (fcn_jax.modes; default: one whole-image pass)")
+    modes_group.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
+                             help="sliding windows of this size (one compilation whatever the image sizes)")
+    modes_group.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"),
+                             help="between windows (default: the window); overlapping logits are averaged")
+    modes_group.add_argument("--flip", action="store_true", help="average in the horizontally flipped image")
+    modes_group.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                             help="average over the image resized by these factors, e.g. 0.75 1 1.25")
     parser.add_argument("--pad_multiple", type=int, default=1,
                         help="1: each image at its own size (exact); 32: pad to multiples of 32, fewer compilations")
+
+
+def mode(args: argparse.Namespace) -> modes.Mode:
+    """The inference mode of the flags (a bad combination is a ValueError, printed as one line)."""
+    return modes.Mode(tuple(args.window) if args.window else None, tuple(args.stride) if args.stride else None,
+                      args.flip, tuple(args.scales))
+
+
+def segment_in_mode(network: inference.Network, images, mode: modes.Mode, run: modes.LogitSteps):
+    """(key, image, mask) of every (key, image) under a non-plain inference mode, one image at a time."""
+    for key, image in images:
+        logits = modes.image_logits(run, inference.normalize(image, network.settings["normalization"]), mode)
+        yield key, image, modes.masks(logits, network.heads)
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -135,11 +156,17 @@ def main(argv=None) -> int:
         directory = prepare_output(args.output)
         network = inference.load_network(args.weights, overrides(args))
         heads = dataset_info.for_weights(args.weights, network.heads, args.dataset)
-        steps = inference.predict_steps(network)
+        inference_mode = mode(args)
         images = ((path, image_io.read_rgb(path)) for path in paths)
+        if inference_mode.plain:
+            steps = inference.predict_steps(network)
+            segmented = inference.segment(network, images, batch_size=args.batch_size,
+                                          pad_multiple=args.pad_multiple, steps=steps)
+        else:
+            run = modes.LogitSteps.of(network, args.batch_size)
+            steps, segmented = run.steps, segment_in_mode(network, images, inference_mode, run)
         with tqdm(total=len(paths), desc="predict", unit="image", dynamic_ncols=True) as progress:
-            for path, image, mask in inference.segment(network, images, batch_size=args.batch_size,
-                                                       pad_multiple=args.pad_multiple, steps=steps):
+            for path, image, mask in segmented:
                 write_outputs(directory, path, image, mask, heads, args.figure)
                 progress.update(1)
     except (ValueError, OSError) as error:

@@ -19,8 +19,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from fcn_jax import artifacts, checkpoints, dataset_info, inference, losses, loop, metrics, models, parallel, sources, \
-    visualize
+from fcn_jax import checkpoints, dataset_info, inference, losses, loop, metrics, models, modes, parallel, sources, \
+    validation
 from fcn_jax.constants import EVAL_SPLITS, IGNORE_LABEL, TRAIN_SPLITS
 
 
@@ -213,6 +213,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{key}={value} must not be negative")
     if not 0 <= config.optim.momentum < 1:
         raise ConfigError(f"config.optim.momentum={config.optim.momentum} must be in [0, 1)")
+    try:
+        mode = modes.Mode.from_settings(config.eval.window, config.eval.stride, config.eval.flip, config.eval.scales)
+    except ValueError as error:
+        raise ConfigError(f"config.eval: {error}") from None
+    if not mode.plain and jax.process_count() > 1:
+        raise ConfigError("config.eval window / flip / scales run on a single process; validate with them after "
+                          "training (python -m fcn_jax.evaluate), or leave them unset")
     for key, size, allow_empty in (("data.crop_size", config.data.crop_size, False),
                                    ("eval.pad_size", config.eval.pad_size, True)):
         if not (allow_empty and len(size) == 0) and (len(size) != 2 or min(size) < 1):
@@ -242,65 +249,6 @@ def resolve_num_classes(config: ml_collections.ConfigDict) -> dataset_info.Heads
     if len(heads) > 1:
         config.model.heads = tuple((head, info.num_classes) for head, info in heads)
     return heads
-
-
-def eval_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int]:
-    """(global, per-process) eval batch: the configured size rounded up to a multiple of the devices."""
-    global_size = -(-config.eval.batch_size // num_devices) * num_devices
-    return global_size, global_size // jax.process_count()
-
-
-# ----------------------------------------------------------------------------- validation during training
-
-
-def validate(params: Any, step: int, *, config: ml_collections.ConfigDict, eval_source, steps: inference.CompiledSteps,
-             workdir: str, info: dataset_info.Heads) -> dict:
-    """Scores over the whole eval split (padded to eval.pad_size), and a few sample masks of process 0."""
-    from fcn_jax import input_pipeline
-
-    _, per_process = eval_batch_sizes(config, steps.mesh.devices.size)
-    heads = models.head_specs(config.model.num_classes, config.model.heads)
-    dataset = input_pipeline.eval_dataset(
-        eval_source, batch_size=per_process, pad_size=tuple(config.eval.pad_size) or None,
-        normalization=config.data.normalization, process_index=jax.process_index(),
-        process_count=jax.process_count(), num_classes=tuple(k for _, k in heads))
-    sample_dir = os.path.join(workdir, artifacts.SAMPLES_DIR, f"step_{step:06d}")
-    saved = [0]
-
-    def save_samples(out: dict, batch: dict) -> None:
-        if jax.process_index() == 0 and saved[0] < config.eval.num_samples:  # one writer
-            saved[0] += _save_samples(out["prediction"], batch, sample_dir, config.eval.num_samples - saved[0],
-                                      info[0][1].palette())
-
-    result = inference.score(steps, params, input_pipeline.numpy_batches(dataset), heads,
-                             on_batch=save_samples).result()
-    for index, (name, head_info) in enumerate(info):  # metrics.jsonl names the classes
-        key = "per_class_iou" + (f"_{name}" if index else "")
-        result[key] = dict(zip(head_info.classes, result[key]))
-    logging.info("step %d %s: pixel acc %.4f  mean acc %.4f  mean IU %.4f  fw IU %.4f (%d eval compilation(s))",
-                 step, config.data.eval_split, result["pixel_acc"], result["mean_acc"], result["mean_iou"],
-                 result["fw_iou"], steps.compilations)
-    return result
-
-
-def _save_samples(prediction: jax.Array, batch: dict, directory: str, limit: int, palette: np.ndarray) -> int:
-    """Predicted and ground-truth palette PNGs of this process's first real images."""
-    os.makedirs(directory, exist_ok=True)
-    shards = sorted(prediction.addressable_shards, key=lambda s: s.index[0].start or 0)
-    local = np.concatenate([np.asarray(s.data) for s in shards])  # this process's rows, in order
-    saved = 0
-    for i, image_id in enumerate(batch["id"]):
-        image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
-        if not image_id or saved >= limit:
-            continue
-        h, w = int(batch["height"][i]), int(batch["width"][i])
-        prediction, label = local[i, :h, :w], batch["label"][i, :h, :w].astype(np.uint8)
-        if prediction.ndim == 3:  # several heads: the first one's masks
-            prediction, label = prediction[..., 0], label[..., 0]
-        visualize.save_mask(prediction, os.path.join(directory, f"{image_id}_pred.png"), palette)
-        visualize.save_mask(label, os.path.join(directory, f"{image_id}_gt.png"), palette)
-        saved += 1
-    return saved
 
 
 # ----------------------------------------------------------------------------- the FCN training job
@@ -352,14 +300,15 @@ def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh, info: dataset
     label_shape = image_shape[:3] + ((len(head_classes),) if len(head_classes) > 1 else ())  # a label map a head
     schedule = jax.jit(learning_rate_schedule(config.optim, num_updates(config)))  # one compile, not one per op
     eval_steps = inference.eval_steps(model.apply, heads, mesh)
+    logit_steps = modes.LogitSteps(model, None, mesh, validation.eval_batch_sizes(config, mesh.devices.size)[0])
     return loop.Job(
         state=state, rng=jax.device_put(jax.random.PRNGKey(config.seed), replicated),
         step_fn=functools.partial(train_step, loss_reduction=config.loss_reduction, num_classes=head_classes),
         abstract_batch={"image": jax.ShapeDtypeStruct(image_shape, jnp.float32, sharding=sharded),
                         "label": jax.ShapeDtypeStruct(label_shape, jnp.int32, sharding=sharded)},
         batches=batches, batch_size=config.train.global_batch_size, mesh=mesh, log_keys=("loss", "pixel_acc"),
-        evaluate=functools.partial(validate, config=config, eval_source=eval_source, steps=eval_steps,
-                                   workdir=workdir, info=info),
+        evaluate=functools.partial(validation.validate, config=config, eval_source=eval_source, steps=eval_steps,
+                                   workdir=workdir, info=info, logit_steps=logit_steps),
         eval_split=config.data.eval_split,
         init=functools.partial(_init_from, path=config.init_from, mesh=mesh) if config.init_from else None,
         learning_rate=lambda step: float(schedule((step - 1) // config.optim.grad_accum_steps)),

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from experiments import ablate_skips
-from fcn_jax import ablate, artifacts, train
+from fcn_jax import ablate, artifacts, train, validation
 
 SWEEP = """
 from experiments import demo
@@ -42,7 +42,7 @@ def sweep(tmp_path_factory):
     sweep_file = root / "tiny_sweep.py"
     sweep_file.write_text(SWEEP.format(manual_dir=manual_dir, data_dir=str(root / "tfds")))
     workdir = str(root / "runs")
-    real_train, real_validate = train.train_and_evaluate, train.validate
+    real_train, real_validate = train.train_and_evaluate, validation.validate
     calls = []
 
     def counting_train(config, variant_workdir):
@@ -56,7 +56,7 @@ def sweep(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "train_and_evaluate", counting_train)
-        patch.setattr(train, "validate", crashing_validate)
+        patch.setattr(validation, "validate", crashing_validate)
         with pytest.raises(RuntimeError, match="simulated crash"):
             ablate.run(str(sweep_file), workdir)
     first_calls, calls[:] = list(calls), []

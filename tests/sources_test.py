@@ -142,3 +142,21 @@ def test_sift_flow_trains_two_heads_and_scores_each(tmp_path):
     assert semantic.shape == geometric.shape == (32, 32) and geometric.max() < 3
     assert evaluate.main(["--weights", str(workdir), "--images", str(root / "Images" / layouts.SIFT_FLOW_DIR),
                           "--labels", str(root)]) == 1  # two heads need the split holding both labels
+
+
+def test_validation_with_flip_and_scales_scores_each_image_at_its_size(tmp_path):
+    """config.eval.flip / scales: validation scores what `evaluate --flip --scales` scores on the same split."""
+    root = synthetic.write_synthetic_folder(str(tmp_path / "shapes"), num_train=8, num_val=3)
+    config = tiny(folder_experiment.get_config(), tmp_path, steps=2)
+    config.data.update(manual_dir=root, data_dir=str(tmp_path / "tfds"))
+    config.eval.update(flip=True, scales=(1.0, 0.5))
+    result = train.train_and_evaluate(config, str(tmp_path / "run"))
+    out = tmp_path / "scores.json"
+    assert evaluate.main(["--weights", str(tmp_path / "run"), "--images", f"{root}/images/val", "--labels",
+                          f"{root}/labels/val", "--flip", "--scales", "1", "0.5", "--output", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    for key in ("pixel_acc", "mean_iou", "loss"):
+        assert scores[key] == pytest.approx(result[key], rel=1e-5)
+    config.eval.update(stride=(8, 8))
+    with pytest.raises(train.ConfigError, match="config.eval: stride .* needs a window"):
+        train.validate_config(config)
