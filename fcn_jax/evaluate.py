@@ -18,6 +18,8 @@ label 255 and are never counted. With the default --pad_multiple 1 every image
 runs at its own size, as the reference net ran them, so the numbers are the
 reference protocol's; --pad_multiple 32 compiles fewer sizes, but predictions
 near the bottom/right border may then differ slightly (see fcn_jax.predict).
+--window / --flip / --scales score the logits of an inference mode (fcn_jax.modes)
+instead, one image at a time.
 """
 from __future__ import annotations
 
@@ -70,7 +72,8 @@ def evaluate(network: inference.Network, source, *, batch_size: int = 1, pad_mul
              progress: bool = False, mode: modes.Mode = modes.Mode()) -> dict:
     """Scores of `network` on every example of `source` (segmentation_metrics + loss, num_images, confusion).
 
-    Runs inference.eval_step data-parallel over the network's mesh, compiled once per padded batch shape.
+    Runs inference.eval_step data-parallel over the network's mesh, compiled once per padded batch shape; in a
+    non-plain `mode`, the mode's logits of each image (fcn_jax.modes).
     """
     from tqdm import tqdm
 
@@ -199,6 +202,7 @@ def main(argv=None) -> int:
     try:
         if args.output and os.path.isdir(args.output):
             raise IsADirectoryError(f"--output {args.output} is a folder; give a file name such as metrics.json")
+        inference_mode = predict.mode(args)
         network = inference.load_network(args.weights, predict.overrides(args))
         heads = dataset_info.for_weights(args.weights, network.heads, args.dataset)
         if args.images and len(heads) > 1:
@@ -206,7 +210,7 @@ def main(argv=None) -> int:
                              "(--layout, --manual_dir), which holds a label of every head")
         source, description = load_source(args, heads[0][1])
         result = evaluate(network, source, batch_size=args.batch_size, pad_multiple=args.pad_multiple,
-                          progress=True, mode=predict.mode(args))
+                          progress=True, mode=inference_mode)
         if args.output:
             os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
             with open(args.output, "w") as f:

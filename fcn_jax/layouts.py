@@ -88,7 +88,7 @@ def read_examples(name: str, split: str, files: list[ExampleFiles], read, skip: 
             log.warning("%s %s: skipping bad example: %s", name, split, error)
             continue
         yield example_files.image_id, example
-    if skipped == len(files):
+    if files and skipped == len(files):
         raise BadExampleError(f"{name} split {split!r}: all {skipped} examples are bad; the first: {first}")
     if skipped:
         log.warning("%s %s: skipped %d of %d bad examples", name, split, skipped, len(files))
@@ -227,8 +227,9 @@ def split_files(layout: str, root: pathlib.Path, *, val_fraction: float = 0.2,
 
 
 def check_disjoint(splits: Splits, first: str, second: str) -> None:
-    """Training and validation splits must not share an image: validation would score what was trained on."""
-    shared = sorted({e.image_id for e in splits[first]} & {e.image_id for e in splits[second]})
+    """Training and validation splits must not share an image file: validation would score what was trained on."""
+    shared = sorted({e.image.resolve() for e in splits[first]} & {e.image.resolve() for e in splits[second]})
+    shared = [path.name for path in shared]
     if shared and first != second:
         raise BadExampleError(f"splits {first!r} and {second!r} share {len(shared)} image(s) ({', '.join(shared[:3])}"
                               f"{' ...' if len(shared) > 3 else ''}); validation would score training images")

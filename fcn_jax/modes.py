@@ -2,9 +2,10 @@
 
 Every mode gives the float32 logits of one image at its own size, (H, W, classes of all heads):
   window/stride  the image (padded bottom/right with the mean pixel up to at least one window) is cut into
-                 windows of one fixed shape, so the net compiles once whatever the image size; windows run in
-                 batches and overlapping logits are averaged. A window covering the whole image is exactly
-                 whole-image inference.
+                 windows of one fixed shape, so the network compiles once whatever the image size (the small
+                 per-image scoring and resizing steps still compile per shape); windows run in batches and
+                 overlapping logits are averaged. A window equal to the image is exactly whole-image inference,
+                 a larger one inference on the mean-padded image.
   flip           the horizontally flipped image too; its logits flipped back and averaged in.
   scales         the image resized (bilinear) by each factor, run (whole or in windows), its logits resized
                  back to the image size (bilinear) and averaged. scales (1.0,) without flip is the plain pass.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +38,8 @@ class Mode:
                                         or any(s > w for s, w in zip(self.stride, self.window))):
             raise ValueError(f"stride {self.stride} needs a window and must be positive and at most the window "
                              f"{self.window} (a larger stride would leave pixels without a prediction)")
-        if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"scales {self.scales} must be positive factors")
+        if not self.scales or not all(math.isfinite(s) and 0 < s <= 16 for s in self.scales):
+            raise ValueError(f"scales {self.scales} must be finite positive factors (at most 16)")
 
     @property
     def plain(self) -> bool:
@@ -127,8 +129,8 @@ def image_logits(run: LogitSteps, image: np.ndarray, mode: Mode) -> np.ndarray:
 
 def masks(logits: np.ndarray, heads: tuple[tuple[str, int], ...]) -> np.ndarray:
     """(H, W) uint8 argmax per pixel, (H, W, heads) for several heads."""
-    labels = np.zeros(logits.shape[:2] + ((len(heads),) if len(heads) > 1 else ()), np.int32)
-    per_head = [np.argmax(x, -1) for x, _ in losses.split_heads(logits, labels, tuple(k for _, k in heads))]
+    labels = np.zeros((1, *logits.shape[:2]) + ((len(heads),) if len(heads) > 1 else ()), np.int32)
+    per_head = [np.argmax(x[0], -1) for x, _ in losses.split_heads(logits[None], labels, tuple(k for _, k in heads))]
     return (per_head[0] if len(per_head) == 1 else np.stack(per_head, -1)).astype(np.uint8)
 
 

@@ -110,7 +110,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="images per step (same padded size), rounded up to a multiple of the devices")
     modes_group = parser.add_argument_group("inference mode (fcn_jax.modes; default: one whole-image pass)")
     modes_group.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
-                             help="sliding windows of this size (one compilation whatever the image sizes)")
+                             help="sliding windows of this size (the network compiles once whatever the image "
+                                  "sizes); with a mode, images run one at a time and --pad_multiple is not used")
     modes_group.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"),
                              help="between windows (default: the window); overlapping logits are averaged")
     modes_group.add_argument("--flip", action="store_true", help="average in the horizontally flipped image")
@@ -152,11 +153,11 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     try:
+        inference_mode = mode(args)
         paths = image_io.find_images(args.input)
         directory = prepare_output(args.output)
         network = inference.load_network(args.weights, overrides(args))
         heads = dataset_info.for_weights(args.weights, network.heads, args.dataset)
-        inference_mode = mode(args)
         images = ((path, image_io.read_rgb(path)) for path in paths)
         if inference_mode.plain:
             steps = inference.predict_steps(network)

@@ -63,13 +63,13 @@ def load_sources(config: ml_collections.ConfigDict):
 
     options = dict(classes=data.classes, val_fraction=data.val_fraction, split_seed=data.split_seed,
                    skip_bad_examples=data.skip_bad_examples)
-    if jax.process_index() == 0:
-        folder_dataset.prepare(data_dir, manual_dir, _layout(data.source), **options)
-    _sync("dataset prepared")
     splits, _ = layouts.split_files(_layout(data.source), pathlib.Path(manual_dir).resolve(),
                                     val_fraction=data.val_fraction, split_seed=data.split_seed)
     if data.train_split in splits and data.eval_split in splits:  # (a missing one is named by load_split)
-        layouts.check_disjoint(splits, data.train_split, data.eval_split)
+        layouts.check_disjoint(splits, data.train_split, data.eval_split)  # every process: all fail alike
+    if jax.process_index() == 0:
+        folder_dataset.prepare(data_dir, manual_dir, _layout(data.source), **options)
+    _sync("dataset prepared")
     return tuple(folder_dataset.load_split(data_dir, split, manual_dir, _layout(data.source), **options)
                  for split in (data.train_split, data.eval_split))
 

@@ -26,7 +26,7 @@ def eval_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> tup
 
 
 def validate(params: Any, step: int, *, config: ml_collections.ConfigDict, eval_source, steps: inference.CompiledSteps,
-             workdir: str, info: dataset_info.Heads, logit_steps: modes.LogitSteps | None = None) -> dict:
+             workdir: str, info: dataset_info.Heads, logit_steps: modes.LogitSteps) -> dict:
     """Scores over the whole eval split (padded to eval.pad_size), and a few sample masks of process 0; with a
     config.eval inference mode (sliding windows, flip, scales) through `logit_steps`, without sample masks."""
     from fcn_jax import input_pipeline
@@ -50,6 +50,8 @@ def validate(params: Any, step: int, *, config: ml_collections.ConfigDict, eval_
         scores = inference.score(steps, params, input_pipeline.numpy_batches(dataset), heads, on_batch=save_samples)
     else:  # each image at its own size through the mode (single process: checked in validate_config)
         logit_steps.params, scores = params, inference.Scores(heads)
+        if config.eval.num_samples:
+            logging.info("validation in an inference mode saves no sample masks")
         for batch in input_pipeline.numpy_batches(dataset):
             for i in np.flatnonzero(batch["height"]):
                 h, w = int(batch["height"][i]), int(batch["width"][i])
@@ -61,7 +63,7 @@ def validate(params: Any, step: int, *, config: ml_collections.ConfigDict, eval_
         result[key] = dict(zip(head_info.classes, result[key]))
     logging.info("step %d %s: pixel acc %.4f  mean acc %.4f  mean IU %.4f  fw IU %.4f (%d eval compilation(s))",
                  step, config.data.eval_split, result["pixel_acc"], result["mean_acc"], result["mean_iou"],
-                 result["fw_iou"], steps.compilations)
+                 result["fw_iou"], steps.compilations if mode.plain else logit_steps.steps.compilations)
     return result
 
 

@@ -65,9 +65,13 @@ def test_training_and_validation_splits_must_not_share_images(tmp_path):
     (tmp_path / "splits" / "val.txt").write_text("b\nc\n")
     (tmp_path / "splits" / "trainval.txt").write_text("a\nb\nc\n")
     splits, _ = layouts.split_files("folder", tmp_path)
-    with pytest.raises(BadExampleError, match=r"splits 'train' and 'val' share 1 image\(s\) \(b\); validation"):
+    with pytest.raises(BadExampleError, match=r"splits 'train' and 'val' share 1 image\(s\) \(b.jpg\); validation"):
         layouts.check_disjoint(splits, "train", "val")
     layouts.check_disjoint(splits, "trainval", "trainval")  # the same split, asked for on purpose
+    other = tmp_path / "sub"
+    _folder(other, ["0001"], "train")
+    _folder(other, ["0001"], "val")  # numbered files: the same stem, different images
+    layouts.check_disjoint(layouts.split_files("folder", other)[0], "train", "val")
 
 
 def test_a_flat_folder_is_split_by_a_seeded_ratio(tmp_path):

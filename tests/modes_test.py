@@ -74,11 +74,22 @@ def test_flip_and_scales_average_their_passes(network):
     np.testing.assert_allclose(two, (_logits(forward, params, x) + back) / 2, rtol=1e-4, atol=1e-4)
 
 
+def test_masks_of_several_heads_are_each_heads_argmax():
+    logits = np.random.default_rng(4).normal(size=(5, 6, 7)).astype(np.float32)
+    got = modes.masks(logits, (("sem", 4), ("geo", 3)))
+    assert got.shape == (5, 6, 2) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got[..., 0], logits[..., :4].argmax(-1))
+    np.testing.assert_array_equal(got[..., 1], logits[..., 4:].argmax(-1))
+    np.testing.assert_array_equal(modes.masks(logits, (("", 7),)), logits.argmax(-1))
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"window": (0, 4)}, "window .* both positive"),
     ({"stride": (4, 4)}, "stride .* needs a window"),
     ({"window": (8, 8), "stride": (9, 8)}, "at most the window"),
     ({"scales": (1.0, 0.0)}, "scales .* positive"),
+    ({"scales": (float("inf"),)}, "scales .* finite"),
+    ({"scales": (float("nan"),)}, "scales .* finite"),
 ])
 def test_bad_modes_are_one_clear_error(fields, message):
     with pytest.raises(ValueError, match=message):
