@@ -210,14 +210,20 @@ def stored_settings(weights: str) -> dict:
     if os.path.isfile(sidecar):
         meta = read_json(sidecar)
         return {k: meta[k] for k in (*SETTINGS, "dtype", "heads") if k in meta}
+    config = run_config(path)
+    if config is None:
+        return {}
+    settings = {k: config["model"][k] for k in ("variant", "num_classes", "width", "geometry", "dtype")}
+    return {**settings, "heads": config["model"].get("heads", []), "normalization": config["data"]["normalization"]}
+
+
+def run_config(weights: str) -> dict | None:
+    """The config.json of the training run behind weights (a workdir or its checkpoints/ dir), if any."""
+    path = os.path.abspath(os.path.expanduser(weights))
     for directory in (path, os.path.dirname(path)):
-        config_path = os.path.join(directory, CONFIG_FILE)
-        if os.path.isfile(config_path):
-            config = read_json(config_path)
-            settings = {k: config["model"][k] for k in ("variant", "num_classes", "width", "geometry", "dtype")}
-            return {**settings, "heads": config["model"].get("heads", []),
-                    "normalization": config["data"]["normalization"]}
-    return {}
+        if os.path.isfile(os.path.join(directory, CONFIG_FILE)):
+            return read_json(os.path.join(directory, CONFIG_FILE))
+    return None
 
 
 def model_settings(weights: str, overrides: dict | None = None) -> dict:

@@ -169,12 +169,7 @@ def parse_args(argv):
 def split_options(args: argparse.Namespace) -> dict:
     """The folder builder's options as the training run used them (its config.json), so the scored split is the
     one it validated on, not a re-drawn one; the flags override them."""
-    data = {}
-    for directory in (args.weights, os.path.dirname(os.path.abspath(args.weights))):
-        path = os.path.join(directory, artifacts.CONFIG_FILE)
-        if os.path.isfile(path):
-            data = artifacts.read_json(path).get("data", {})
-            break
+    data = (artifacts.run_config(args.weights) or {}).get("data", {})
     return {"classes": data.get("classes", ""),
             "val_fraction": data.get("val_fraction", 0.2) if args.val_fraction is None else args.val_fraction,
             "split_seed": data.get("split_seed", 0) if args.split_seed is None else args.split_seed}

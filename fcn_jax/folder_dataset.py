@@ -142,7 +142,11 @@ def prepare(data_dir: str, manual_dir: str, layout: str = "folder", **options) -
 
 def load_split(data_dir: str, split: str, manual_dir: str, layout: str = "folder", **options) -> SplitSource:
     """Random-access source of `split` (prepared from manual_dir first if needed)."""
-    prepared = prepare(data_dir, manual_dir, layout, **options)
+    return split_source(prepare(data_dir, manual_dir, layout, **options), split, manual_dir)
+
+
+def split_source(prepared: FolderDataset, split: str, manual_dir: str) -> SplitSource:
+    """Random-access source of a split of a prepared dataset; an unknown split names the ones there are."""
     if split not in prepared.info.splits:
         raise ValueError(f"split {split!r} is not in {manual_dir} (its splits: {', '.join(prepared.info.splits)})")
     return SplitSource(prepared.as_data_source(split))

@@ -172,10 +172,14 @@ def eval_step(params: Any, batch: dict, *, apply_fn, heads: tuple[tuple[str, int
 
 def predict_step(params: Any, batch: dict, *, apply_fn, heads: tuple[tuple[str, int], ...]) -> jax.Array:
     """(B, H, W) uint8 class ids, the argmax of the logits; (B, H, W, heads) for several heads."""
-    logits = apply_fn({"params": params}, batch["image"], train=False)
-    labels = jnp.zeros(logits.shape[:3] + ((len(heads),) if len(heads) > 1 else ()), jnp.int32)
-    masks = [jnp.argmax(x, -1) for x, _ in losses.split_heads(logits, labels, tuple(k for _, k in heads))]
-    return (masks[0] if len(masks) == 1 else jnp.stack(masks, -1)).astype(jnp.uint8)
+    return head_masks(apply_fn({"params": params}, batch["image"], train=False), heads)
+
+
+def head_masks(logits, heads: tuple[tuple[str, int], ...]):
+    """uint8 argmax of each head's logits (NumPy or JAX arrays), stacked on a last axis for several heads."""
+    masks = [x.argmax(-1) for x in losses.split_logits(logits, tuple(k for _, k in heads))]
+    stack = np.stack if isinstance(logits, np.ndarray) else jnp.stack
+    return (masks[0] if len(masks) == 1 else stack(masks, -1)).astype(np.uint8)
 
 
 class CompiledSteps:

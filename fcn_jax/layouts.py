@@ -132,9 +132,9 @@ def folder(root: pathlib.Path, *, val_fraction: float = 0.2, split_seed: int = 0
     subfolders = sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose = files_by_stem(images)
     if subfolders and loose:
+        shown = ", ".join(p.name for p in list(loose.values())[:3]) + (" ..." if len(loose) > 3 else "")
         raise BadExampleError(f"{images} holds split folders ({', '.join(subfolders)}) and images next to them "
-                              f"({', '.join(p.name for p in list(loose.values())[:3])}{' ...' if len(loose) > 3 else ''}"
-                              "), which no split would read; move them into a split folder")
+                              f"({shown}), which no split would read; move them into a split folder")
     if subfolders:
         return {s: _pairs(images / s, labels / s) for s in subfolders}, f"subfolders {', '.join(subfolders)}"
     if not 0 < val_fraction < 1:

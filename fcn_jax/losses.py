@@ -67,8 +67,13 @@ def split_heads(logits, labels, head_classes: tuple[int, ...]) -> list[tuple[jax
         return [(logits, labels)]
     if labels.ndim != 4 or labels.shape[-1] != len(head_classes):
         raise ValueError(f"{len(head_classes)} heads need labels (N, H, W, {len(head_classes)}), got {labels.shape}")
+    return [(head_logits, labels[..., i]) for i, head_logits in enumerate(split_logits(logits, head_classes))]
+
+
+def split_logits(logits, head_classes: tuple[int, ...]) -> list:
+    """Each head's channels of the concatenated logits (..., sum K) of a multi-head FCN."""
     starts = [sum(head_classes[:i]) for i in range(len(head_classes))]
-    return [(logits[..., start:start + k], labels[..., i]) for i, (start, k) in enumerate(zip(starts, head_classes))]
+    return [logits[..., start:start + k] for start, k in zip(starts, head_classes)]
 
 
 def multi_head_cross_entropy(logits, labels, head_classes: tuple[int, ...], *,

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax import inference, losses, parallel
+from fcn_jax import inference, parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,13 +125,6 @@ def image_logits(run: LogitSteps, image: np.ndarray, mode: Mode) -> np.ndarray:
             total = total + _resize(logits[:, ::-1] if flipped else logits, (height, width))
             passes += 1
     return total / passes
-
-
-def masks(logits: np.ndarray, heads: tuple[tuple[str, int], ...]) -> np.ndarray:
-    """(H, W) uint8 argmax per pixel, (H, W, heads) for several heads."""
-    labels = np.zeros((1, *logits.shape[:2]) + ((len(heads),) if len(heads) > 1 else ()), np.int32)
-    per_head = [np.argmax(x[0], -1) for x, _ in losses.split_heads(logits[None], labels, tuple(k for _, k in heads))]
-    return (per_head[0] if len(per_head) == 1 else np.stack(per_head, -1)).astype(np.uint8)
 
 
 _logit_scores = jax.jit(inference.logit_scores, static_argnames="heads")  # one compilation per image shape

@@ -131,7 +131,7 @@ def segment_in_mode(network: inference.Network, images, mode: modes.Mode, run: m
     """(key, image, mask) of every (key, image) under a non-plain inference mode, one image at a time."""
     for key, image in images:
         logits = modes.image_logits(run, inference.normalize(image, network.settings["normalization"]), mode)
-        yield key, image, modes.masks(logits, network.heads)
+        yield key, image, inference.head_masks(logits, network.heads)
 
 
 def overrides(args: argparse.Namespace) -> dict:

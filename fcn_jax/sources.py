@@ -67,10 +67,11 @@ def load_sources(config: ml_collections.ConfigDict):
                                     val_fraction=data.val_fraction, split_seed=data.split_seed)
     if data.train_split in splits and data.eval_split in splits:  # (a missing one is named by load_split)
         layouts.check_disjoint(splits, data.train_split, data.eval_split)  # every process: all fail alike
-    if jax.process_index() == 0:
-        folder_dataset.prepare(data_dir, manual_dir, _layout(data.source), **options)
+    prepared = folder_dataset.prepare(data_dir, manual_dir, _layout(data.source), **options) \
+        if jax.process_index() == 0 else None
     _sync("dataset prepared")
-    return tuple(folder_dataset.load_split(data_dir, split, manual_dir, _layout(data.source), **options)
+    prepared = prepared or folder_dataset.prepare(data_dir, manual_dir, _layout(data.source), **options)
+    return tuple(folder_dataset.split_source(prepared, split, manual_dir)
                  for split in (data.train_split, data.eval_split))
 
 

@@ -74,13 +74,13 @@ def test_flip_and_scales_average_their_passes(network):
     np.testing.assert_allclose(two, (_logits(forward, params, x) + back) / 2, rtol=1e-4, atol=1e-4)
 
 
-def test_masks_of_several_heads_are_each_heads_argmax():
+def test_head_masks_of_several_heads_are_each_heads_argmax():
     logits = np.random.default_rng(4).normal(size=(5, 6, 7)).astype(np.float32)
-    got = modes.masks(logits, (("sem", 4), ("geo", 3)))
+    got = inference.head_masks(logits, (("sem", 4), ("geo", 3)))
     assert got.shape == (5, 6, 2) and got.dtype == np.uint8
     np.testing.assert_array_equal(got[..., 0], logits[..., :4].argmax(-1))
     np.testing.assert_array_equal(got[..., 1], logits[..., 4:].argmax(-1))
-    np.testing.assert_array_equal(modes.masks(logits, (("", 7),)), logits.argmax(-1))
+    np.testing.assert_array_equal(inference.head_masks(logits, (("", 7),)), logits.argmax(-1))
 
 
 @pytest.mark.parametrize("fields, message", [
