@@ -16,8 +16,9 @@ Scoring follows the reference (score.py): one confusion matrix summed over all
 images, nothing resized. Images are batched by padded size; padded pixels carry
 label 255 and are never counted. With the default --pad_multiple 1 every image
 runs at its own size, as the reference net ran them, so the numbers are the
-reference protocol's; --pad_multiple 32 compiles fewer sizes, but predictions
-near the bottom/right border may then differ slightly (see fcn_jax.predict).
+reference protocol's; --pad_multiple 32 or --buckets K (at most K shapes, chosen
+from the images' sizes) compile fewer shapes, but predictions near the
+bottom/right border may then differ slightly (see fcn_jax.predict).
 --window / --flip / --scales score the logits of an inference mode (fcn_jax.modes)
 instead, one image at a time.
 """
@@ -48,7 +49,7 @@ class FolderSource(collections.abc.Sequence):
         for flag, directory in (("--images", images_dir), ("--labels", labels_dir)):
             if not os.path.isdir(directory):
                 raise FileNotFoundError(f"{flag} folder {directory} does not exist")
-        self.pairs = []  # (id, image path, label path)
+        self.pairs, self._sizes = [], []  # (id, image path, label path), (H, W)
         for image_path in image_io.find_images([images_dir]):
             stem = os.path.splitext(os.path.basename(image_path))[0]
             label_path = os.path.join(labels_dir, f"{stem}.png")
@@ -59,6 +60,11 @@ class FolderSource(collections.abc.Sequence):
                 raise ValueError(f"label {label_path} is {label_size[0]}x{label_size[1]} but image {image_path} "
                                  f"is {image_size[0]}x{image_size[1]}")
             self.pairs.append((stem, image_path, label_path))
+            self._sizes.append(image_size)
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """(H, W) of every image, from the headers read when the source was made."""
+        return list(self._sizes)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -68,24 +74,29 @@ class FolderSource(collections.abc.Sequence):
         return {"image": image_io.read_rgb(image_path), "label": self.info.decode(label_path), "id": stem}
 
 
-def evaluate(network: inference.Network, source, *, batch_size: int = 1, pad_multiple: int = 1,
+def evaluate(network: inference.Network, source, *, batch_size: int = 1, pad_multiple: int = 1, buckets: int = 0,
              progress: bool = False, mode: modes.Mode = modes.Mode()) -> dict:
     """Scores of `network` on every example of `source` (segmentation_metrics + loss, num_images, confusion).
 
-    Runs inference.eval_step data-parallel over the network's mesh, compiled once per padded batch shape; in a
-    non-plain `mode`, the mode's logits of each image (fcn_jax.modes).
+    Runs inference.eval_step data-parallel over the network's mesh, compiled once per padded batch shape (at most
+    `buckets` shapes if > 0: inference.bucket_shapes); in a non-plain `mode`, the mode's logits of each image
+    (fcn_jax.modes). Examples are read in a background thread while the network runs.
     """
     from tqdm import tqdm
 
     steps = inference.eval_steps(network.model.apply, network.heads, network.mesh)
     rows = inference.global_batch_size(batch_size, network.mesh)
     normalization = network.settings["normalization"]
-    shape_of = lambda example: inference.padded_shape(*example[1].shape[:2], pad_multiple)  # noqa: E731
+    if buckets < 0:
+        raise ValueError(f"buckets must be >= 0 (0: one shape per size), got {buckets}")
+    shapes = inference.bucket_shapes(image_io.image_sizes(source), buckets, pad_multiple) \
+        if buckets and mode.plain else None
+    shape_of = inference.batch_shape_of(pad_multiple, shapes, lambda example: example[0])
     head_classes = tuple(k for _, k in network.heads)
     examples = (image_io.check_example(source[i], head_classes if len(head_classes) > 1 else head_classes[0])
                 for i in range(len(source)))  # (image, label, id), checked
 
-    def batches():
+    def batches():  # run by inference.prefetch's thread
         for group in inference.batches_by_shape(examples, shape_of, rows):
             shape = shape_of(group[0])
             yield {"image": inference.pad_stack([inference.normalize(image, normalization) for image, _, _ in group],
@@ -96,11 +107,11 @@ def evaluate(network: inference.Network, source, *, batch_size: int = 1, pad_mul
 
     with tqdm(total=len(source), desc="evaluate", unit="image", disable=not progress, dynamic_ncols=True) as bar:
         if mode.plain:
-            scores = inference.score(steps, network.params, batches(), network.heads,
+            scores = inference.score(steps, network.params, inference.prefetch(batches()), network.heads,
                                      on_batch=lambda out, batch: bar.update(batch["size"]))
         else:  # one image at a time, each at its own size (windows, flips and scales batched inside)
             run, scores = modes.LogitSteps.of(network, batch_size), inference.Scores(network.heads)
-            for image, label, _ in examples:
+            for image, label, _ in inference.prefetch(examples):
                 scores.add(modes.scores(modes.image_logits(run, inference.normalize(image, normalization), mode),
                                         label, network.heads))
                 bar.update(1)
@@ -205,12 +216,13 @@ def main(argv=None) -> int:
                              "(--layout, --manual_dir), which holds a label of every head")
         source, description = load_source(args, heads[0][1])
         result = evaluate(network, source, batch_size=args.batch_size, pad_multiple=args.pad_multiple,
-                          progress=True, mode=inference_mode)
+                          buckets=args.buckets, progress=True, mode=inference_mode)
         if args.output:
             os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
             with open(args.output, "w") as f:
                 f.write(to_json(result, heads, weights=os.path.abspath(args.weights), data=description,
-                                settings=network.settings, pad_multiple=args.pad_multiple) + "\n")
+                                settings=network.settings, pad_multiple=args.pad_multiple,
+                                buckets=args.buckets) + "\n")
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -50,14 +50,23 @@ def find_images(inputs: Iterable[str]) -> list[str]:
 
 
 def image_size(path: str) -> tuple[int, int]:
-    """(height, width) from the file's header, or a one-line error naming it."""
+    """(height, width) as displayed (EXIF rotations swap them) from the file's header, or a one-line error."""
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise ValueError(f"cannot read image {path}: the file is empty (0 bytes)")
     try:
         with Image.open(path) as image:
-            return image.height, image.width
+            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # transpose, rotate 90/270, transverse
+            return (image.width, image.height) if turned else (image.height, image.width)
     except (OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from None
+
+
+def image_sizes(source) -> list[tuple[int, int]]:
+    """(H, W) of every image of a source (input_pipeline's contract): its sizes() where it reads them from file
+    headers, else from the decoded images (one pass)."""
+    if hasattr(source, "sizes"):
+        return source.sizes()
+    return [tuple(source[i]["image"].shape[:2]) for i in range(len(source))]
 
 
 def read_rgb(path: str) -> np.ndarray:

@@ -9,8 +9,11 @@ networks through this module; it imports neither TensorFlow nor ml_collections.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import queue
+import threading
 import time
 from typing import Any, Callable, Hashable, Iterable, Iterator
 
@@ -117,6 +120,72 @@ def global_batch_size(batch_size: int, mesh: Mesh) -> int:
     return -(-batch_size // n) * n
 
 
+def bucket_shapes(sizes: Iterable[tuple[int, int]], max_shapes: int, multiple: int = 1) -> dict:
+    """{(H, W): the padded shape its batches run at} for every size of `sizes`, at most `max_shapes` shapes (0: no
+    bound), which bounds the compilations of a folder. Each size is padded to `multiple`; then, while there are too
+    many shapes, the two whose union (the larger H and W) adds the fewest padded pixels over their images merge;
+    then every size moves to the smallest shape that holds it and each shape shrinks to its sizes, until stable."""
+    sizes = [tuple(int(v) for v in size) for size in sizes]
+    counts = collections.Counter(padded_shape(h, w, multiple) for h, w in sizes)
+    shapes = np.array(sorted(counts), np.int64).reshape(-1, 2)
+    images = np.array([counts[tuple(s)] for s in shapes.tolist()], np.int64)
+    pixels = images * shapes.prod(1)  # the images' pixels as padded now, per shape
+    while max_shapes and len(shapes) > max_shapes:
+        union = np.maximum(shapes[:, None], shapes[None])  # (n, n, 2)
+        added = (images[:, None] + images[None]) * union.prod(-1) - pixels[:, None] - pixels[None]
+        added[np.tril_indices(len(shapes))] = np.iinfo(np.int64).max
+        i, j = np.unravel_index(np.argmin(added), added.shape)
+        shapes[i], images[i], pixels[i] = union[i, j], images[i] + images[j], pixels[i] + pixels[j] + added[i, j]
+        shapes, images, pixels = (np.delete(a, j, 0) for a in (shapes, images, pixels))
+    padded = np.array(sorted(counts), np.int64).reshape(-1, 2)
+    while True:  # each step lowers the padding or ends: every size fits some shape, the shapes only shrink
+        fits = np.all(padded[:, None] <= shapes[None], -1)  # (sizes, shapes)
+        chosen = np.where(fits, shapes.prod(1)[None], np.iinfo(np.int64).max).argmin(1)
+        shrunk = np.array([padded[chosen == k].max(0) if np.any(chosen == k) else shapes[k]
+                           for k in range(len(shapes))]).reshape(-1, 2)
+        if np.array_equal(shrunk, shapes):
+            break
+        shapes = shrunk
+    to_shape = {tuple(p): tuple(int(v) for v in shapes[k]) for p, k in zip(padded.tolist(), chosen)}
+    return {size: to_shape[padded_shape(*size, multiple)] for size in set(sizes)}
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """`items`, produced by a background thread up to `depth` ahead, so decoding and batching overlap the compiled
+    steps (which release the GIL); an exception of the producer is raised here, where its item would have been."""
+    channel, stop, end = queue.Queue(depth), threading.Event(), object()
+
+    def put(value) -> bool:
+        while not stop.is_set():
+            try:
+                channel.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            put((end, error))
+
+    threading.Thread(target=produce, daemon=True, name="prefetch").start()
+    try:
+        while True:
+            item, error = channel.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+
+
 def batches_by_shape(items: Iterable, shape_of: Callable[[Any], Hashable], batch_size: int) -> Iterator[list]:
     """Groups a stream into lists of at most `batch_size` items of one shape.
 
@@ -131,6 +200,15 @@ def batches_by_shape(items: Iterable, shape_of: Callable[[Any], Hashable], batch
         if len(group) == batch_size:
             yield open_groups.pop(key)
     yield from open_groups.values()
+
+
+def batch_shape_of(pad_multiple: int, buckets: dict | None, image_of: Callable) -> Callable:
+    """item -> the padded shape its batch runs at: its image's bucket (bucket_shapes) if it has one, else the
+    image's size padded to `pad_multiple`."""
+    def shape_of(item):
+        size = image_of(item).shape[:2]
+        return buckets[size] if buckets and size in buckets else padded_shape(*size, pad_multiple)
+    return shape_of
 
 
 def pad_stack(arrays: list[np.ndarray], shape: tuple[int, int], rows: int, value, dtype) -> np.ndarray:
@@ -277,19 +355,25 @@ def score(steps: CompiledSteps, params: Any, batches: Iterable[dict], heads: tup
 
 
 def segment(network: Network, images: Iterable[tuple[Any, np.ndarray]], *, batch_size: int = 1,
-            pad_multiple: int = 1, steps: CompiledSteps | None = None) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
+            pad_multiple: int = 1, buckets: dict | None = None,
+            steps: CompiledSteps | None = None) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
     """(key, uint8 RGB image) pairs -> (key, image, (H, W) uint8 mask, (H, W, heads) for several heads), in
-    groups of one padded size.
+    groups of one padded size: `buckets[(H, W)]` (bucket_shapes) if given, else (H, W) padded to `pad_multiple`.
 
-    Order follows the groups, not the input. Pass `steps` (from `predict_steps`) to read its timings.
+    Images are read and batched in a background thread while the network runs. Order follows the groups, not
+    the input. Pass `steps` (from `predict_steps`) to read its timings.
     """
     steps = predict_steps(network) if steps is None else steps
     rows = global_batch_size(batch_size, network.mesh)
     normalization = network.settings["normalization"]
-    shape_of = lambda item: padded_shape(*item[1].shape[:2], pad_multiple)  # noqa: E731
-    for group in batches_by_shape(images, shape_of, rows):
-        shape = shape_of(group[0])
-        batch = pad_stack([normalize(image, normalization) for _, image in group], shape, rows, 0.0, np.float32)
+    shape_of = batch_shape_of(pad_multiple, buckets, lambda item: item[1])
+
+    def batches():
+        for group in batches_by_shape(images, shape_of, rows):
+            yield group, pad_stack([normalize(image, normalization) for _, image in group], shape_of(group[0]), rows,
+                                   0.0, np.float32)
+
+    for group, batch in prefetch(batches()):
         masks = jax.device_get(steps(network.params, {"image": batch}))
         for (key, image), mask in zip(group, masks):
             yield key, image, mask[:image.shape[0], :image.shape[1]]

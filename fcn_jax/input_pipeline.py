@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from fcn_jax.constants import (CAFFE_BGR_MEAN, IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD, VOC_NUM_CLASSES,
                                check_normalization)
-from fcn_jax.image_io import check_example
+from fcn_jax.image_io import check_example, image_sizes
 
 EVAL_PAD_MULTIPLE = 32  # FCN output strides divide 32, so padded eval shapes stay aligned
 PREFETCH_BATCHES = 2  # batches read ahead while the accelerator computes
@@ -197,20 +197,17 @@ def train_dataset(source: Sequence[dict], *, global_batch_size: int, crop_size: 
 
 def eval_pad_size(source: Sequence[dict]) -> tuple[int, int]:
     """Smallest multiple of 32 covering every image of the split (one pass over the source)."""
-    shapes = np.array(_image_sizes(source))
+    _num_examples(source)  # an empty split is an error, not an empty max
+    shapes = np.array(image_sizes(source))
     return tuple(int(-(-n // EVAL_PAD_MULTIPLE) * EVAL_PAD_MULTIPLE) for n in shapes.max(axis=0))
 
 
 def oversized_image(source: Sequence[dict], pad_size: tuple[int, int]) -> str | None:
     """'<id> (HxW)' of the first image larger than pad_size, None if all fit: checked before training starts."""
-    for index, (height, width) in enumerate(_image_sizes(source)):
+    for index, (height, width) in enumerate(image_sizes(source)):
         if height > pad_size[0] or width > pad_size[1]:
             return f"{source[index]['id']} ({height}x{width})"
     return None
-
-
-def _image_sizes(source: Sequence[dict]) -> list[tuple[int, int]]:
-    return [source[i]["image"].shape[:2] for i in range(_num_examples(source))]
 
 
 def eval_dataset(source: Sequence[dict], *, batch_size: int, pad_size: tuple[int, int] | None = None,

@@ -19,6 +19,10 @@ per distinct size. --pad_multiple 32 pads images (bottom/right, with the mean
 pixel) to multiples of 32 instead, so fewer sizes compile; the padding is cut
 off the masks, but pixels near the bottom/right border then see padded content
 instead of the net's own zero padding, so some of their predictions can change.
+--buckets K bounds the compilations of a folder of mixed sizes to K: the K
+padded shapes are chosen from the images' sizes (file headers) to pad least,
+and --batch_size images of one shape run together. Images are decoded in a
+background thread and the files written in another while the network runs.
 
 Loading weights, batching by padded size and the compiled steps live in fcn_jax.inference;
 this module is the command line and the files it writes.
@@ -26,6 +30,8 @@ this module is the command line and the files it writes.
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import os
 import sys
 import time
@@ -35,6 +41,8 @@ from PIL import Image
 
 from fcn_jax import artifacts, dataset_info, image_io, inference, models, modes, visualize
 from fcn_jax.constants import NORMALIZATIONS
+
+WRITE_AHEAD = 8  # images whose files may wait to be written
 
 
 # ----------------------------------------------------------------------------- files
@@ -119,6 +127,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                              help="average over the image resized by these factors, e.g. 0.75 1 1.25")
     parser.add_argument("--pad_multiple", type=int, default=1,
                         help="1: each image at its own size (exact); 32: pad to multiples of 32, fewer compilations")
+    parser.add_argument("--buckets", type=int, default=0,
+                        help="at most this many padded shapes (compilations), chosen from the images' sizes to pad "
+                             "least; 0: one per distinct size. Use with --batch_size > 1 on folders of mixed sizes")
 
 
 def mode(args: argparse.Namespace) -> modes.Mode:
@@ -132,6 +143,15 @@ def segment_in_mode(network: inference.Network, images, mode: modes.Mode, run: m
     for key, image in images:
         logits = modes.image_logits(run, inference.normalize(image, network.settings["normalization"]), mode)
         yield key, image, inference.head_masks(logits, network.heads)
+
+
+def buckets(paths: list[str], args: argparse.Namespace) -> dict | None:
+    """--buckets: the padded shape of every image size (from the file headers), at most that many; None if 0."""
+    if args.buckets < 0:
+        raise ValueError(f"--buckets must be >= 0 (0: one shape per size), got {args.buckets}")
+    if not args.buckets:
+        return None
+    return inference.bucket_shapes([image_io.image_size(path) for path in paths], args.buckets, args.pad_multiple)
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -161,14 +181,22 @@ def main(argv=None) -> int:
         images = ((path, image_io.read_rgb(path)) for path in paths)
         if inference_mode.plain:
             steps = inference.predict_steps(network)
-            segmented = inference.segment(network, images, batch_size=args.batch_size,
-                                          pad_multiple=args.pad_multiple, steps=steps)
+            segmented = inference.segment(network, images, batch_size=args.batch_size, pad_multiple=args.pad_multiple,
+                                          buckets=buckets(paths, args), steps=steps)
         else:
             run = modes.LogitSteps.of(network, args.batch_size)
-            steps, segmented = run.steps, segment_in_mode(network, images, inference_mode, run)
-        with tqdm(total=len(paths), desc="predict", unit="image", dynamic_ncols=True) as progress:
+            steps, segmented = run.steps, segment_in_mode(network, inference.prefetch(images), inference_mode, run)
+        with tqdm(total=len(paths), desc="predict", unit="image", dynamic_ncols=True) as progress, \
+                concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+            pending = collections.deque()  # files are encoded and written while the next batch runs
             for path, image, mask in segmented:
-                write_outputs(directory, path, image, mask, heads, args.figure)
+                pending.append(writer.submit(write_outputs, directory, path, image, mask, heads, args.figure))
+                while pending and (len(pending) > WRITE_AHEAD or pending[0].done()):
+                    pending.popleft().result()
+                    progress.update(1)
+                progress.set_postfix(compilations=steps.compilations, refresh=False)
+            for future in pending:
+                future.result()
                 progress.update(1)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -95,10 +95,11 @@ def write_labels(directory, sizes=SIZES, seed=1) -> list[np.ndarray]:
     return labels
 
 
-def direct_scores(forward, params, images, labels, pad_multiple=1) -> tuple[np.ndarray, dict]:
+def direct_scores(forward, params, images, labels, pad_multiple=1, pad_to=None) -> tuple[np.ndarray, dict]:
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     for image, label in zip(images, labels):
-        pad_to = inference.padded_shape(*label.shape, pad_multiple) if pad_multiple > 1 else None
+        if pad_to is None and pad_multiple > 1:
+            pad_to = inference.padded_shape(*label.shape, pad_multiple)
         mask = direct_mask(forward, params, image, pad_to)
         confusion += np.asarray(metrics.confusion_matrix(mask, label, NUM_CLASSES))
     return confusion, metrics.segmentation_metrics(confusion)
@@ -169,6 +170,17 @@ def test_padding_to_a_multiple_of_32_is_never_counted(weights, folder):
     np.testing.assert_array_equal(result["confusion"], confusion)
     assert result["mean_iou"] == pytest.approx(expected["mean_iou"], rel=1e-12)
     assert result["compilations"] == 2  # (37, 45) twice -> 64x64, (50, 29) -> 64x32
+    assert result["num_pixels"] == sum(int((label != 255).sum()) for label in folder["labels"])
+
+
+def test_one_bucket_compiles_once_and_never_counts_its_padding(weights, folder):
+    network = inference.load_network(weights["converted"])
+    source = evaluate.FolderSource(folder["images_dir"], folder["labels_dir"], PRESETS["voc"])
+    assert source.sizes() == list(SIZES)
+    result = evaluate.evaluate(network, source, batch_size=2, buckets=1)
+    confusion, _ = direct_scores(forward_fn(), weights["params"], folder["images"], folder["labels"], pad_to=(50, 45))
+    np.testing.assert_array_equal(result["confusion"], confusion)
+    assert result["compilations"] == 1
     assert result["num_pixels"] == sum(int((label != 255).sum()) for label in folder["labels"])
 
 

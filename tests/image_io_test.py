@@ -54,6 +54,8 @@ def test_exif_orientation_gives_the_pixels_as_displayed(tmp_path):
     image.save(tmp_path / "phone.png", exif=exif.tobytes())
     shown = image_io.read_rgb(str(tmp_path / "phone.png"))
     assert shown.shape == (6, 4, 3) and shown[0, -1].tolist() == [255, 255, 255]
+    assert image_io.image_size(str(tmp_path / "phone.png")) == (6, 4)  # the header's size as displayed too
+    assert image_io.image_sizes([{"image": shown}]) == [(6, 4)]
     assert not image_io.is_upright(Image.open(tmp_path / "phone.png"))
 
 

@@ -35,6 +35,47 @@ def test_batches_by_shape_fills_groups_and_flushes_the_rest():
     assert inference.padded_shape(37, 45, 32) == (64, 64) and inference.padded_shape(37, 45, 1) == (37, 45)
 
 
+def test_bucket_shapes_bound_the_shapes_and_pad_least():
+    sizes = [(100, 100)] * 10 + [(101, 101), (300, 300), (37, 45)]
+    assert inference.bucket_shapes(sizes, 0) == {s: s for s in set(sizes)}  # no bound: every size exact
+    assert inference.bucket_shapes(sizes, 4) == {s: s for s in set(sizes)}  # as many shapes as sizes: exact too
+    assert inference.bucket_shapes(sizes, 1) == dict.fromkeys(set(sizes), (300, 300))
+    assert inference.bucket_shapes(sizes, 2) == {(100, 100): (101, 101), (101, 101): (101, 101),
+                                                 (37, 45): (101, 101), (300, 300): (300, 300)}
+    assert inference.bucket_shapes([(37, 45), (50, 29)], 0, multiple=32) == {(37, 45): (64, 64), (50, 29): (64, 32)}
+    rng = np.random.default_rng(0)
+    for k in (2, 3, 5):  # on random folders: k shapes that hold their sizes; no size fits a smaller shape, and
+        sizes = [tuple(int(v) for v in rng.integers(16, 400, 2)) for _ in range(40)]  # no shape could shrink
+        buckets = inference.bucket_shapes(sizes, k)
+        shapes = set(buckets.values())
+        assert len(shapes) == k and all(b[0] >= s[0] and b[1] >= s[1] for s, b in buckets.items())
+        for size, shape in buckets.items():
+            assert all(o[0] * o[1] >= shape[0] * shape[1] for o in shapes if o[0] >= size[0] and o[1] >= size[1])
+        for shape in shapes:
+            assert tuple(np.max([s for s, b in buckets.items() if b == shape], 0)) == shape
+
+
+def test_prefetch_keeps_order_and_raises_where_the_producer_failed():
+    def items():
+        yield from range(5)
+        raise ValueError("cannot read image 5.png")
+
+    got = []
+    with pytest.raises(ValueError, match="5.png"):
+        for item in inference.prefetch(items(), depth=2):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]
+    stream = inference.prefetch(iter(range(1000)), depth=2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()  # a consumer that stops early ends the producer thread
+    import threading
+    import time
+    deadline = time.monotonic() + 5
+    while any(t.name == "prefetch" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "prefetch" for t in threading.enumerate())
+
+
 @pytest.mark.parametrize("mode", ["caffe_bgr", "imagenet_rgb"])
 def test_numpy_normalize_is_bit_identical_to_the_tf_pipeline(mode):
     from fcn_jax import input_pipeline

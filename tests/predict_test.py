@@ -62,6 +62,22 @@ def test_padded_batches_give_the_padded_forward_cropped(converted, tmp_path):
         _check_outputs(out, f"img{i}", image, expected, figure=False)
 
 
+def test_buckets_bound_the_compilations_and_give_the_bucket_padded_forward(converted, tmp_path, capsys):
+    params, weights = converted
+    sizes = ((37, 45), (50, 29), (60, 33), (37, 44), (21, 20))
+    images = write_images(tmp_path / "in", sizes=sizes, seed=8)
+    out = tmp_path / "out"
+    assert predict.main(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(out),
+                         "--buckets", "2", "--batch_size", "2"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote 5 mask(s) to {out}: 2 compilation(s) ")
+    buckets = inference.bucket_shapes(sizes, 2)
+    assert sorted(set(buckets.values())) == [(37, 45), (60, 33)]  # the fewest padded pixels for two shapes
+    forward = forward_fn()
+    for i, image in enumerate(images):
+        expected = direct_mask(forward, params, image, pad_to=buckets[image.shape[:2]])
+        _check_outputs(out, f"img{i}", image, expected, figure=False)
+
+
 def _error(capsys, argv) -> str:
     assert predict.main(argv) == 1
     err = capsys.readouterr().err
