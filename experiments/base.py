@@ -19,6 +19,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"          # compute dtype: float32 | bfloat16 (params stay float32)
     config.model.learnable_upsample = False  # reference: bilinear deconvolutions frozen (lr 0)
     config.model.heads = ()                 # () = one head; ((name, classes), ...): several (SIFT Flow, from data)
+    config.model.resnet = ml_collections.ConfigDict()  # variants fcn_resnet50 / fcn_resnet101 only (fcn_jax/resnet.py)
+    config.model.resnet.output_stride = 8   # 8 | 16 | 32: layer3 / layer4 dilated instead of strided
+    config.model.resnet.aux = True          # aux_classifier on layer3 (its loss: config.aux_loss_weight)
+    config.model.resnet.batch_norm = "frozen"  # frozen (running statistics) | sync (global batch statistics)
+    config.model.resnet.layers = ()         # blocks per stage; () = the depth's (3, 4, 6, 3) / (3, 4, 23, 3)
+    config.model.resnet.width_per_group = 64  # bottleneck width = planes x this / 64 (torchvision's knob)
+    config.model.resnet.expansion = 4       # bottleneck output = planes x this
 
     config.data = ml_collections.ConfigDict()
     # voc (your VOC2012 + SBD copies) | synthetic (VOC-format, written on first use) | folder (your own images,
@@ -42,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.synthetic_seed = 0          # the dataset's own seed (independent of config.seed)
 
     config.loss_reduction = "sum"       # sum over pixels (reference) | mean over valid pixels
+    config.aux_loss_weight = 0.0            # > 0: + this x the loss of the aux head's logits (ResNet FCNs)
 
     config.optim = ml_collections.ConfigDict()
     config.optim.optimizer = "sgd"          # sgd | adam | adamw

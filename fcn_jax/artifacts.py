@@ -209,12 +209,13 @@ def stored_settings(weights: str) -> dict:
     sidecar = os.path.join(path, WEIGHTS_SIDECAR)
     if os.path.isfile(sidecar):
         meta = read_json(sidecar)
-        return {k: meta[k] for k in (*SETTINGS, "dtype", "heads") if k in meta}
+        return {k: meta[k] for k in (*SETTINGS, "dtype", "heads", "resnet") if k in meta}
     config = run_config(path)
     if config is None:
         return {}
     settings = {k: config["model"][k] for k in ("variant", "num_classes", "width", "geometry", "dtype")}
-    return {**settings, "heads": config["model"].get("heads", []), "normalization": config["data"]["normalization"]}
+    return {**settings, "heads": config["model"].get("heads", []), "resnet": config["model"].get("resnet", {}),
+            "normalization": config["data"]["normalization"]}
 
 
 def run_config(weights: str) -> dict | None:
@@ -228,7 +229,7 @@ def run_config(weights: str) -> dict | None:
 
 def model_settings(weights: str, overrides: dict | None = None) -> dict:
     """Stored settings with the non-None `overrides` on top; every one of SETTINGS must end up known."""
-    settings = {"dtype": "float32", "heads": (), **stored_settings(weights)}
+    settings = {"dtype": "float32", "heads": (), "resnet": {}, **stored_settings(weights)}
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
     missing = [k for k in SETTINGS if k not in settings]
     if missing:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
+import dataclasses
 import json
 import math
 import os
@@ -87,10 +88,9 @@ def evaluate(network: inference.Network, source, *, batch_size: int = 1, pad_mul
     steps = inference.eval_steps(network.model.apply, network.heads, network.mesh)
     rows = inference.global_batch_size(batch_size, network.mesh)
     normalization = network.settings["normalization"]
-    if buckets < 0:
-        raise ValueError(f"buckets must be >= 0 (0: one shape per size), got {buckets}")
-    shapes = inference.bucket_shapes(image_io.image_sizes(source), buckets, pad_multiple) \
-        if buckets and mode.plain else None
+    if buckets < 0 or (buckets and not mode.plain):
+        raise ValueError(f"buckets={buckets}: >= 0 (0: one shape per size), for whole-image inference only")
+    shapes = inference.bucket_shapes(image_io.image_sizes(source), buckets, pad_multiple) if buckets else None
     shape_of = inference.batch_shape_of(pad_multiple, shapes, lambda example: example[0])
     head_classes = tuple(k for _, k in network.heads)
     examples = (image_io.check_example(source[i], head_classes if len(head_classes) > 1 else head_classes[0])
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
             with open(args.output, "w") as f:
                 f.write(to_json(result, heads, weights=os.path.abspath(args.weights), data=description,
                                 settings=network.settings, pad_multiple=args.pad_multiple,
-                                buckets=args.buckets) + "\n")
+                                buckets=args.buckets, mode=dataclasses.asdict(inference_mode)) + "\n")
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

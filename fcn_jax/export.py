@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -109,14 +110,16 @@ def write_artifacts(network, heads, output: str, *, batch=None, size=None, forma
                     platforms=("cpu",)) -> dict:
     """Writes the export folder (to a temporary sibling first, so `output` is whole or untouched); returns
     export.json's content. An existing `output` is replaced only if it is an earlier export."""
+    output = os.path.abspath(output)
     if os.path.exists(output) and not os.path.isfile(os.path.join(output, META_FILE)) and (
             not os.path.isdir(output) or os.listdir(output)):
         raise FileExistsError(f"--output {output} exists and is not an earlier export; give a new folder")
+    if os.path.commonpath([os.path.realpath(os.getcwd()), os.path.realpath(output)]) == os.path.realpath(output):
+        raise ValueError(f"--output {output} holds the current folder; export from outside it")
     segment, params = serving_function(network)
     spec = shape_spec(batch, size)
-    tmp = output.rstrip(os.sep) + ".exporting"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.exporting-", dir=os.path.dirname(output))
     try:
         exported = None
         if "stablehlo" in formats:
@@ -166,8 +169,8 @@ def main(argv=None) -> int:
                                size=tuple(args.size) if args.size else None, formats=tuple(args.formats),
                                platforms=tuple(args.platforms))
     except ImportError as error:
-        print(f"error: {error} (--formats saved_model needs TensorFlow: pip install -r requirements.txt)",
-              file=sys.stderr)
+        print(f"error: {error} (--formats saved_model needs TensorFlow: pip install -r requirements.txt, or export "
+              "--formats stablehlo only)", file=sys.stderr)
         return 1
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -26,19 +26,22 @@ from fcn_jax import artifacts, checkpoints, losses, metrics, models, parallel
 from fcn_jax.constants import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, check_normalization
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MAX_DISTINCT_SHAPES = 256  # bucket_shapes' merging works on at most this many padded sizes
 
 
 # ----------------------------------------------------------------------------- models and their params
 
 
 def create_model(variant: str, *, num_classes: int, geometry: str = "caffe", width: float = 1.0,
-                 dropout_rate: float = 0.0, dtype: str = "float32", heads=()) -> models.FCN:
-    """An FCN from plain settings (the names of config.model); a bad value raises a ValueError naming it."""
+                 dropout_rate: float = 0.0, dtype: str = "float32", heads=(), resnet=None) -> models.FCN:
+    """An FCN from plain settings (the names of config.model); a bad value raises a ValueError naming it.
+    `resnet`: config.model.resnet's options, for the ResNet variants only."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
     heads = tuple((str(name), int(k)) for name, k in heads)
+    options = {"resnet_options": dict(resnet or {})} if variant in models.resnet.DEPTHS else {}
     return models.create_model(variant, num_classes=num_classes, geometry=geometry, width=width,
-                               dropout_rate=dropout_rate, dtype=DTYPES[dtype], heads=heads)
+                               dropout_rate=dropout_rate, dtype=DTYPES[dtype], heads=heads, **options)
 
 
 def init_params(model, rng: jax.Array | None = None, image_size: int = 32) -> Any:
@@ -78,7 +81,8 @@ def load_network(weights: str, overrides: dict | None = None, mesh: Mesh | None 
     settings = artifacts.model_settings(weights, overrides)
     try:
         model = create_model(settings["variant"], num_classes=settings["num_classes"], width=settings["width"],
-                             geometry=settings["geometry"], dtype=settings["dtype"], heads=settings["heads"])
+                             geometry=settings["geometry"], dtype=settings["dtype"], heads=settings["heads"],
+                             resnet=settings["resnet"])
         template = init_params(model)
     except ValueError as error:  # unknown variant / geometry / dtype
         raise ValueError(f"{weights}: {error}") from None
@@ -124,9 +128,15 @@ def bucket_shapes(sizes: Iterable[tuple[int, int]], max_shapes: int, multiple: i
     """{(H, W): the padded shape its batches run at} for every size of `sizes`, at most `max_shapes` shapes (0: no
     bound), which bounds the compilations of a folder. Each size is padded to `multiple`; then, while there are too
     many shapes, the two whose union (the larger H and W) adds the fewest padded pixels over their images merge;
-    then every size moves to the smallest shape that holds it and each shape shrinks to its sizes, until stable."""
+    then every size moves to the smallest shape that holds it and each shape shrinks to its sizes, until stable.
+    Beyond MAX_DISTINCT_SHAPES padded sizes, the multiple doubles (from 8) until that many remain."""
     sizes = [tuple(int(v) for v in size) for size in sizes]
     counts = collections.Counter(padded_shape(h, w, multiple) for h, w in sizes)
+    while max_shapes and len(counts) > MAX_DISTINCT_SHAPES:  # the merging below costs O(n^3) in the shapes
+        multiple = max(8, 2 * multiple)
+        counts = collections.Counter(padded_shape(h, w, multiple) for h, w in sizes)
+    if not counts:
+        return {}
     shapes = np.array(sorted(counts), np.int64).reshape(-1, 2)
     images = np.array([counts[tuple(s)] for s in shapes.tolist()], np.int64)
     pixels = images * shapes.prod(1)  # the images' pixels as padded now, per shape

@@ -27,7 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-VARIANTS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
+from fcn_jax import resnet
+
+VGG_VARIANTS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
+VARIANTS = VGG_VARIANTS + tuple(resnet.DEPTHS)  # the backbone is part of the variant: VGG16 or a dilated ResNet
 GEOMETRIES = ("caffe", "same")
 
 # VGG16 convolutions by block: (name, channels at width 1). Each block ends in a 2x2/2 max pool.
@@ -297,14 +300,32 @@ class FCN8sAtOnce(FCN):
     at_once: bool = True
 
 
-_MODELS = dict(zip(VARIANTS, (FCN32s, FCN16s, FCN8s, FCN8sAtOnce)))
+_MODELS = dict(zip(VGG_VARIANTS, (FCN32s, FCN16s, FCN8s, FCN8sAtOnce)))
 
 
-def create_model(variant: str, **kwargs) -> FCN:
-    """The FCN for a variant name; kwargs override its fields (num_classes, geometry, width...)."""
+def create_model(variant: str, *, resnet_options: dict | None = None, **kwargs) -> nn.Module:
+    """The FCN for a variant name; kwargs override its fields (num_classes, geometry, width...).
+
+    A ResNet variant (resnet.ResNetFCN) takes `resnet_options` (output_stride, aux, batch_norm, layers: () = the
+    depth's, width_per_group, expansion) and no VGG geometry or width."""
+    if variant in resnet.DEPTHS:
+        options = dict(resnet_options or {})
+        layers = tuple(int(n) for n in options.pop("layers", ()) or resnet.DEPTHS[variant])
+        kwargs.pop("geometry", None)
+        if kwargs.pop("width", 1.0) != 1.0:
+            raise ValueError(f"width scales VGG16 FCNs; size {variant} by its resnet options (layers, "
+                             "width_per_group, expansion) instead")
+        resnet.check_settings(variant, options.get("output_stride", 8), options.get("batch_norm", "frozen"),
+                              kwargs.get("heads", ()))
+        return resnet.ResNetFCN(layers=layers, **options, **kwargs)
     if variant not in _MODELS:
         raise ValueError(f"unknown model variant {variant!r}; expected one of {VARIANTS}")
     return _MODELS[variant](**kwargs)
+
+
+def is_statistic_param(path: tuple[str, ...]) -> bool:
+    """True for batch-norm running statistics, which no optimiser updates (resnet.BatchNorm)."""
+    return bool(path) and str(path[-1]) in ("mean", "var")
 
 
 def is_upsample_param(path: tuple[str, ...]) -> bool:

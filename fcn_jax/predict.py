@@ -134,8 +134,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def mode(args: argparse.Namespace) -> modes.Mode:
     """The inference mode of the flags (a bad combination is a ValueError, printed as one line)."""
-    return modes.Mode(tuple(args.window) if args.window else None, tuple(args.stride) if args.stride else None,
-                      args.flip, tuple(args.scales))
+    chosen = modes.Mode(tuple(args.window) if args.window else None, tuple(args.stride) if args.stride else None,
+                        args.flip, tuple(args.scales))
+    if args.buckets and not chosen.plain:
+        raise ValueError("--buckets bounds the shapes of whole-image inference; with --window / --flip / --scales "
+                         "images run one at a time (windows compile once)")
+    return chosen
 
 
 def segment_in_mode(network: inference.Network, images, mode: modes.Mode, run: modes.LogitSteps):

@@ -1,4 +1,4 @@
-"""Importing the weights users own: Caffe .caffemodel, torchvision VGG16 and pytorch-fcn .pth.
+"""Importing the weights users own: Caffe .caffemodel, torchvision VGG16 and ResNet (torchvision_resnet), pytorch-fcn .pth.
 
 Every reader turns its file into a list of layers `(name, kind, blobs)` in the
 source's layout, and `layers_to_params` converts them all in one place into
@@ -45,7 +45,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from fcn_jax import caffe_proto, inference, torch_pickle
+from fcn_jax import caffe_proto, inference, torch_pickle, torchvision_resnet
 from fcn_jax.constants import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, check_normalization
 
 FORMATS = ("caffe", "torchvision", "pytorch_fcn")
@@ -146,7 +146,9 @@ def _state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def detect_pth_format(state: Mapping[str, np.ndarray], path: str) -> str:
-    """'torchvision' or 'pytorch_fcn' from the state_dict's keys."""
+    """'torchvision' (vgg16, or a ResNet: torchvision_resnet) or 'pytorch_fcn' from the state_dict's keys."""
+    if torchvision_resnet.is_resnet(state):
+        return "torchvision"
     if any(k.endswith("running_mean") for k in state):
         raise ValueError(f"{path} is a batch-norm VGG (e.g. torchvision vgg16_bn); FCN uses plain VGG16")
     if "features.0.weight" in state:
@@ -193,6 +195,8 @@ def load_pth(path: str, fmt: str | None = None) -> tuple[dict, dict]:
     found = detect_pth_format(state, path)
     if fmt is not None and fmt != found:
         raise ValueError(f"--format {fmt}, but {path} holds a {found} state_dict")
+    if torchvision_resnet.is_resnet(state):
+        return torchvision_resnet.to_params(state), _metadata(found, path)
     return layers_to_params(pth_layers(state, found)), _metadata(found, path)
 
 
@@ -227,6 +231,9 @@ def change_normalization(params: dict, source: str, target: str) -> dict:
     """
     if source == target:
         return params
+    if "conv1_1" not in params.get("backbone", {}):
+        raise ValueError(f"only VGG16's conv1_1 (it has a bias) can take the {source} normalisation folded into it; "
+                         f"train ResNet weights with config.data.normalization={source!r}")
     a_s, c_s = _normalization_affine(source)
     a_t, c_t = _normalization_affine(target)
     conv = params["backbone"]["conv1_1"]
@@ -304,9 +311,10 @@ def merge_params(template: Mapping, loaded: Mapping, strict: bool = True) -> tup
 # ----------------------------------------------------------------------------- convert / save / load
 
 
-def model_template(variant: str, num_classes: int, width: float = 1.0, initialise: bool = False, seed: int = 0):
+def model_template(variant: str, num_classes: int, width: float = 1.0, initialise: bool = False, seed: int = 0,
+                   resnet: Mapping | None = None):
     """The param tree of `variant` (caffe geometry): shapes only, or freshly initialised values."""
-    model = inference.create_model(variant, num_classes=num_classes, width=width, geometry="caffe")
+    model = inference.create_model(variant, num_classes=num_classes, width=width, geometry="caffe", resnet=resnet)
     return inference.init_params(model, jax.random.PRNGKey(seed) if initialise else None, image_size=1)
 
 
@@ -318,24 +326,28 @@ def convert(
     width: float = 1.0,
     allow_missing: bool = False,
     normalization: str | None = None,
+    resnet: Mapping | None = None,
 ) -> tuple[dict, dict]:
     """Reads a weights file and fits it to `variant`; returns (params, metadata for the sidecar).
 
     allow_missing: partial import (e.g. ImageNet VGG16 -> FCN): layers the file lacks keep a fresh
     init (score layers zero, upscore bilinear), layers the model lacks are dropped; both reported.
     normalization: re-express the weights for this input normalisation (default: the file's own).
+    resnet: the ResNet variants' options (config.model.resnet: layers, width_per_group, expansion, aux ...).
     """
     loaded, meta = load_weights(fmt, path)
     if normalization and normalization != meta["normalization"]:
         loaded = change_normalization(loaded, meta["normalization"], normalization)
         meta["normalization"] = normalization
-    template = model_template(variant, num_classes, width, initialise=allow_missing)
+    template = model_template(variant, num_classes, width, initialise=allow_missing, resnet=resnet)
     try:
         params, report = merge_params(template, loaded, strict=not allow_missing)
     except ParamMismatchError as e:
         problems = "; ".join(e.problems)
         raise ValueError(f"{path} does not fit {variant} with num_classes={num_classes}: {problems}") from None
     meta = {**meta, "variant": variant, "num_classes": num_classes, "width": width, "geometry": "caffe", **report}
+    if resnet:
+        meta["resnet"] = {k: list(v) if isinstance(v, tuple) else v for k, v in resnet.items()}
     return params, meta
 
 

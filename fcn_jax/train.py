@@ -19,8 +19,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from fcn_jax import checkpoints, dataset_info, inference, losses, loop, metrics, models, modes, parallel, sources, \
-    validation
+from fcn_jax import checkpoints, dataset_info, inference, losses, loop, metrics, models, modes, parallel, resnet, \
+    sources, validation
 from fcn_jax.constants import EVAL_SPLITS, IGNORE_LABEL, TRAIN_SPLITS
 
 
@@ -40,17 +40,18 @@ def create_model(model_config: ml_collections.ConfigDict) -> models.FCN:
         return inference.create_model(model_config.variant, num_classes=model_config.num_classes,
                                       geometry=model_config.geometry, width=model_config.width,
                                       dropout_rate=model_config.dropout_rate, dtype=model_config.dtype,
-                                      heads=model_config.heads)
+                                      heads=model_config.heads, resnet=model_config.resnet.to_dict())
     except ValueError as error:
         raise ConfigError(f"config.model: {error}") from None
 
 
 def param_labels(params: Any, learnable_upsample: bool) -> Any:
-    """'weight' | 'bias' | 'frozen' per leaf: decay kernels only, biases at a higher lr, frozen deconvolutions."""
+    """'weight' | 'bias' | 'frozen' per leaf: decay kernels only, biases at a higher lr, frozen deconvolutions and
+    batch-norm statistics (train_step moves those itself)."""
 
     def label(path, _):
         names = tuple(getattr(p, "key", str(p)) for p in path)
-        if not learnable_upsample and models.is_upsample_param(names):
+        if models.is_statistic_param(names) or (not learnable_upsample and models.is_upsample_param(names)):
             return "frozen"
         return "bias" if names[-1] == "bias" else "weight"
 
@@ -137,24 +138,36 @@ def all_finite(tree: Any) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_reduction: str,
-               num_classes: int | tuple[int, ...]) -> tuple[TrainState, dict]:
+               num_classes: int | tuple[int, ...], aux_loss_weight: float = 0.0) -> tuple[TrainState, dict]:
     """One SGD step on a global batch. A non-finite loss or gradient leaves the state unchanged.
 
-    num_classes: the classes of each score head (a tuple for a multi-head FCN, whose loss sums the heads')."""
+    num_classes: the classes of each score head (a tuple for a multi-head FCN, whose loss sums the heads').
+    A model may sow "aux" logits (added to the loss x aux_loss_weight) and "batch_stats" (batch-norm statistics
+    of the global batch, which move the running ones: resnet.running_statistics)."""
     head_classes = (num_classes,) if isinstance(num_classes, int) else tuple(num_classes)
     dropout_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
-        logits = state.apply_fn({"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng})
+        logits, sown = state.apply_fn({"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng},
+                                      mutable=["aux", "batch_stats"] if aux_loss_weight else ["batch_stats"])
         loss, num_valid = losses.multi_head_cross_entropy(logits, batch["label"], head_classes,
                                                           reduction=loss_reduction)
-        return loss, (logits, num_valid)
+        if aux_loss_weight and "aux" in sown:
+            aux_loss, _ = losses.multi_head_cross_entropy(sown["aux"]["logits"][0], batch["label"], head_classes,
+                                                          reduction=loss_reduction)
+            loss = loss + aux_loss_weight * aux_loss
+        return loss, (logits, num_valid, sown.get("batch_stats", {}))
 
-    (loss, (logits, num_valid)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, num_valid, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     finite = jnp.isfinite(loss) & all_finite(grads)
+
+    def update(s):
+        s = s.apply_gradients(grads=grads)
+        return s.replace(params=resnet.running_statistics(s.params, batch_stats)) if batch_stats else s
+
     # cond, not a select over the whole state: only one branch runs, and the donated state is updated
     # in place instead of keeping old and new copies alive (benchmarks/train_step.py, BENCHMARKS.md).
-    new_state = jax.lax.cond(finite, lambda s: s.apply_gradients(grads=grads), lambda s: s, state)
+    new_state = jax.lax.cond(finite, update, lambda s: s, state)
     first_logits, first_labels = losses.split_heads(logits, batch["label"], head_classes)[0]
     confusion = metrics.confusion_matrix(jnp.argmax(first_logits, -1), first_labels, head_classes[0])
     return new_state, {
@@ -180,14 +193,24 @@ def validate_source(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.data.manual_dir={config.data.manual_dir!r} does not exist")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Bad values fail here, before anything is compiled, with one clear line."""
+def validate_model(config: ml_collections.ConfigDict) -> None:
     if config.model.variant not in models.VARIANTS:
         raise ConfigError(f"config.model.variant={config.model.variant!r}: expected one of {', '.join(models.VARIANTS)}")
     if config.model.dtype not in inference.DTYPES:
         raise ConfigError(f"config.model.dtype={config.model.dtype!r}: expected one of {', '.join(inference.DTYPES)}")
     if config.model.geometry not in ("caffe", "same"):
         raise ConfigError(f"config.model.geometry={config.model.geometry!r}: expected caffe or same")
+    if config.aux_loss_weight < 0:
+        raise ConfigError(f"config.aux_loss_weight={config.aux_loss_weight} must not be negative")
+    if config.aux_loss_weight and not (config.model.variant in resnet.DEPTHS and config.model.resnet.aux):
+        raise ConfigError(f"config.aux_loss_weight={config.aux_loss_weight} needs an aux head: a ResNet variant "
+                          f"({', '.join(resnet.DEPTHS)}) with config.model.resnet.aux=True")
+    create_model(config.model)  # the variant's own checks (ResNet options, width)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Bad values fail here, before anything is compiled, with one clear line."""
+    validate_model(config)
     if config.loss_reduction not in ("sum", "mean"):
         raise ConfigError(f"config.loss_reduction={config.loss_reduction!r}: expected sum or mean")
     validate_source(config)
@@ -303,7 +326,8 @@ def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh, info: dataset
     logit_steps = modes.LogitSteps(model, None, mesh, validation.eval_batch_sizes(config, mesh.devices.size)[0])
     return loop.Job(
         state=state, rng=jax.device_put(jax.random.PRNGKey(config.seed), replicated),
-        step_fn=functools.partial(train_step, loss_reduction=config.loss_reduction, num_classes=head_classes),
+        step_fn=functools.partial(train_step, loss_reduction=config.loss_reduction, num_classes=head_classes,
+                                  aux_loss_weight=config.aux_loss_weight),
         abstract_batch={"image": jax.ShapeDtypeStruct(image_shape, jnp.float32, sharding=sharded),
                         "label": jax.ShapeDtypeStruct(label_shape, jnp.int32, sharding=sharded)},
         batches=batches, batch_size=config.train.global_batch_size, mesh=mesh, log_keys=("loss", "pixel_acc"),

@@ -1,4 +1,5 @@
 """python -m fcn_jax.export: artifacts reloaded in fresh processes without fcn_jax give predict's outputs."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -113,6 +114,22 @@ def test_fixed_sizes_and_several_heads(tmp_path):
         reloaded.call(flat, images[:1])
 
 
+def test_segment_py_fits_fixed_batches_and_refuses_other_sizes_in_one_line(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("segment_exported", export.SCRIPT_SOURCE)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "photo.png")
+    calls = []
+    run = lambda images: (calls.append(images.shape), (None, np.zeros(images.shape[:3], np.uint8)))[1]  # noqa: E731
+    assert script.segment_file(run, str(tmp_path / "photo.png"), {"batch": 3, "height": 20, "width": 30}).shape == (20, 30)
+    assert calls == [(3, 20, 30, 3)]  # a fixed batch is filled with copies
+    with pytest.raises(ValueError, match="takes 32x32 images only"):
+        script.segment_file(run, str(tmp_path / "photo.png"), {"batch": "any >= 1", "height": 32, "width": 32})
+    (tmp_path / "export.json").write_text("{}")
+    assert script.main([str(tmp_path / "missing.jpg"), "--output", str(tmp_path / "out"), "--model", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_bad_outputs_and_a_missing_tensorflow_are_one_line_errors(exported, tmp_path, capsys, monkeypatch):
     weights = exported[1]
     (tmp_path / "taken").mkdir()
@@ -125,4 +142,9 @@ def test_bad_outputs_and_a_missing_tensorflow_are_one_line_errors(exported, tmp_
     assert export.main(["--weights", weights, "--output", str(tmp_path / "new"), "--formats", "saved_model"]) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "needs TensorFlow" in error[0]
-    assert not os.path.exists(tmp_path / "new") and not os.path.exists(tmp_path / "new.exporting")
+    assert not os.path.exists(tmp_path / "new") and not any("exporting" in name for name in os.listdir(tmp_path))
+    earlier = exported[0] / "exported"
+    monkeypatch.chdir(earlier)  # an earlier export, but replacing it would pull the folder from under us
+    assert export.main(["--weights", weights, "--output", "."]) == 1
+    assert "holds the current folder" in capsys.readouterr().err
+    assert (earlier / export.META_FILE).is_file() and (earlier / export.JAX_FILE).is_file()

@@ -43,7 +43,11 @@ def test_bucket_shapes_bound_the_shapes_and_pad_least():
     assert inference.bucket_shapes(sizes, 2) == {(100, 100): (101, 101), (101, 101): (101, 101),
                                                  (37, 45): (101, 101), (300, 300): (300, 300)}
     assert inference.bucket_shapes([(37, 45), (50, 29)], 0, multiple=32) == {(37, 45): (64, 64), (50, 29): (64, 32)}
+    assert inference.bucket_shapes([], 4) == {}
     rng = np.random.default_rng(0)
+    many = [tuple(int(v) for v in rng.integers(200, 4000, 2)) for _ in range(2000)]  # beyond 256 distinct sizes:
+    coarse = inference.bucket_shapes(many, 4)  # rounded to a coarser multiple first (seconds, not minutes)
+    assert len(set(coarse.values())) == 4 and all(b[0] >= s[0] and b[1] >= s[1] for s, b in coarse.items())
     for k in (2, 3, 5):  # on random folders: k shapes that hold their sizes; no size fits a smaller shape, and
         sizes = [tuple(int(v) for v in rng.integers(16, 400, 2)) for _ in range(40)]  # no shape could shrink
         buckets = inference.bucket_shapes(sizes, k)

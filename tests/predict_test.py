@@ -97,6 +97,8 @@ def test_bad_inputs_fail_with_one_line_naming_them(converted, tmp_path, capsys):
     assert _error(capsys, base + ["--input", str(tmp_path / "broken.jpg")]).startswith(
         f"error: cannot read image {tmp_path / 'broken.jpg'}: ")
     write_images(tmp_path / "a", sizes=((8, 8),))
+    assert _error(capsys, base + ["--input", str(tmp_path / "a"), "--buckets", "2", "--flip"]).startswith(
+        "error: --buckets bounds the shapes of whole-image inference")
     write_images(tmp_path / "b", sizes=((8, 8),))
     assert _error(capsys, base + ["--input", str(tmp_path / "a"), str(tmp_path / "b")]) == (
         f"error: inputs {tmp_path / 'a' / 'img0.png'} and {tmp_path / 'b' / 'img0.png'} would both write img0.png; "

@@ -32,25 +32,40 @@ def load(folder: str = HERE):
     return lambda images: tuple(np.asarray(x) for x in call(params, np.asarray(images, np.uint8)))
 
 
+def segment_file(run, path: str, accepts: dict) -> np.ndarray:
+    """(H, W) or (H, W, heads) masks of one image file, fitted to the batch and size the export accepts."""
+    with Image.open(path) as image:
+        pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    fixed = [accepts[k] for k in ("height", "width")]
+    if all(isinstance(v, int) for v in fixed) and list(pixels.shape[:2]) != fixed:
+        raise ValueError(f"{path} is {pixels.shape[0]}x{pixels.shape[1]}, but this export takes {fixed[0]}x{fixed[1]} "
+                         "images only (export again without --size for any size)")
+    batch = accepts["batch"] if isinstance(accepts["batch"], int) else 1
+    return run(np.repeat(pixels[None], batch, axis=0))[1][0]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--output", required=True, help="folder for the masks (created)")
     parser.add_argument("--model", default=HERE, help="the export folder (default: this file's)")
     args = parser.parse_args(argv)
-    with open(os.path.join(args.model, "export.json")) as f:
-        heads = json.load(f)["heads"]
-    run = load(args.model)
-    os.makedirs(args.output, exist_ok=True)
-    for path in args.images:
-        with Image.open(path) as image:
-            pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-        masks = run(pixels[None])[1][0]  # (H, W), or (H, W, heads)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        for index, (head, mask) in enumerate(zip(heads, [masks] if masks.ndim == 2 else masks.transpose(2, 0, 1))):
-            out = Image.fromarray(mask, mode="P")
-            out.putpalette([v for colour in head["palette"] for v in colour])
-            out.save(os.path.join(args.output, stem + (f"_{head['name']}" if index else "") + ".png"))
+    try:
+        with open(os.path.join(args.model, "export.json")) as f:
+            meta = json.load(f)
+        run = load(args.model)
+        os.makedirs(args.output, exist_ok=True)
+        for path in args.images:
+            masks = segment_file(run, path, meta["accepts"])  # (H, W), or (H, W, heads)
+            stem = os.path.splitext(os.path.basename(path))[0]
+            planes = [masks] if masks.ndim == 2 else list(masks.transpose(2, 0, 1))
+            for index, (head, mask) in enumerate(zip(meta["heads"], planes)):
+                out = Image.fromarray(mask, mode="P")
+                out.putpalette([v for colour in head["palette"] for v in colour])
+                out.save(os.path.join(args.output, stem + (f"_{head['name']}" if index else "") + ".png"))
+    except (OSError, ValueError) as error:  # a missing file, another size, another platform
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {len(args.images)} mask(s) to {args.output}")
     return 0
 
