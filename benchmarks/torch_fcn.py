@@ -6,8 +6,8 @@ Written from the reference net, not from fcn_jax.models, so that equal outputs m
   "same":  conv1_1 pad 1, fc6 pad 3; the upsampled map is cropped by its overhang (k - s) / 2.
 Only the channel table (names and widths) is shared with fcn_jax.
 
-`dtype=torch.bfloat16` runs backbone and score layers under CPU autocast and the fusion and
-upsampling in float32, as fcn_jax's `dtype=bfloat16` does (params stay float32 in both).
+`dtype=torch.bfloat16` runs backbone and score layers under autocast (on the input's device) and the fusion
+and upsampling in float32, as fcn_jax's `dtype=bfloat16` does (params stay float32 in both).
 """
 import contextlib
 
@@ -68,18 +68,18 @@ class TorchFCN(nn.Module):
         self.upscores[self.final] = nn.ConvTranspose2d(
             num_classes, num_classes, 2 * self.stride, self.stride, bias=False)
 
-    def _autocast(self):
+    def _autocast(self, device_type: str):
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast("cpu", dtype=self.dtype)
+        return torch.autocast(device_type, dtype=self.dtype)
 
     def _upsample(self, name, x):
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(x.device.type, enabled=False):
             return self.upscores[name](x.float())
 
     def forward(self, images):
         feats, x = {}, images
-        with self._autocast():
+        with self._autocast(images.device.type):
             for block, layers in enumerate(VGG16_BLOCKS, start=1):
                 for name, _ in layers:
                     x = F.relu(self.convs[name](x))

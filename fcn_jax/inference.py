@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from fcn_jax import artifacts, checkpoints, losses, metrics, models, parallel
+from fcn_jax import resnet as resnet_fcn
 from fcn_jax.constants import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, check_normalization
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -39,7 +40,7 @@ def create_model(variant: str, *, num_classes: int, geometry: str = "caffe", wid
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
     heads = tuple((str(name), int(k)) for name, k in heads)
-    options = {"resnet_options": dict(resnet or {})} if variant in models.resnet.DEPTHS else {}
+    options = {"resnet_options": dict(resnet or {})} if variant in resnet_fcn.DEPTHS else {}
     return models.create_model(variant, num_classes=num_classes, geometry=geometry, width=width,
                                dropout_rate=dropout_rate, dtype=DTYPES[dtype], heads=heads, **options)
 

@@ -1,8 +1,9 @@
-"""FCN training: the optimiser, the pure `train_step`, config checks, and the job `loop.run` trains.
+"""FCN training: config checks and the job `loop.run` trains.
 
-`train_step` (here) and `eval_step` (fcn_jax.inference) are pure functions of global arrays; `parallel`
-decides how they are laid over devices. Side effects (data, checkpoints, logging) live in `loop.run`
-and the job's callbacks. The data (tf.data, tfds) is imported only when a job is built.
+`step.train_step` and `inference.eval_step` are pure functions of global arrays; `parallel` decides how they are
+laid over devices. Side effects (data, checkpoints, logging) live in `loop.run` and the job's callbacks. The data
+(tf.data, tfds) is imported only when a job is built. The optimiser and the step live in fcn_jax.step (no
+ml_collections there) and are importable from here too.
 """
 from __future__ import annotations
 
@@ -10,29 +11,19 @@ import functools
 import json
 import logging
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax.training import train_state
 
-from fcn_jax import checkpoints, dataset_info, inference, losses, loop, metrics, models, modes, parallel, resnet, \
-    sources, validation
+from fcn_jax import checkpoints, dataset_info, inference, loop, models, modes, parallel, resnet, sources, validation
 from fcn_jax.constants import EVAL_SPLITS, IGNORE_LABEL, TRAIN_SPLITS
+from fcn_jax.step import (ConfigError, TrainState, all_finite, create_optimizer, create_train_state,  # noqa: F401
+                          init_key, learning_rate_schedule, num_updates, param_labels, train_step)
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; main prints it as one line."""
-
-
-class TrainState(train_state.TrainState):
-    """params, opt_state, step (+ apply_fn, tx as static fields)."""
-
-
-# ----------------------------------------------------------------------------- model and optimiser
+# ----------------------------------------------------------------------------- model
 
 
 def create_model(model_config: ml_collections.ConfigDict) -> models.FCN:
@@ -43,139 +34,6 @@ def create_model(model_config: ml_collections.ConfigDict) -> models.FCN:
                                       heads=model_config.heads, resnet=model_config.resnet.to_dict())
     except ValueError as error:
         raise ConfigError(f"config.model: {error}") from None
-
-
-def param_labels(params: Any, learnable_upsample: bool) -> Any:
-    """'weight' | 'bias' | 'frozen' per leaf: decay kernels only, biases at a higher lr, frozen deconvolutions and
-    batch-norm statistics (train_step moves those itself)."""
-
-    def label(path, _):
-        names = tuple(getattr(p, "key", str(p)) for p in path)
-        if models.is_statistic_param(names) or (not learnable_upsample and models.is_upsample_param(names)):
-            return "frozen"
-        return "bias" if names[-1] == "bias" else "weight"
-
-    return jax.tree_util.tree_map_with_path(label, params)
-
-
-def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    lr = optim.learning_rate
-    decay_steps = max(1, num_steps - optim.warmup_steps)
-    if optim.schedule == "constant":
-        main = optax.constant_schedule(lr)
-    elif optim.schedule == "cosine":
-        main = optax.cosine_decay_schedule(lr, decay_steps)
-    elif optim.schedule == "poly":  # the DeepLab/FCN-era "poly" policy, power 0.9
-        main = optax.polynomial_schedule(lr, 0.0, 0.9, decay_steps)
-    else:
-        raise ConfigError(f"config.optim.schedule={optim.schedule!r}: expected constant, cosine or poly")
-    if optim.warmup_steps:
-        return optax.join_schedules([optax.linear_schedule(0.0, lr, optim.warmup_steps), main], [optim.warmup_steps])
-    return main
-
-
-def num_updates(config: ml_collections.ConfigDict) -> int:
-    """Optimiser updates in a run: with accumulation over k steps, one update every k train steps."""
-    return max(1, config.train.num_steps // config.optim.grad_accum_steps)
-
-
-def create_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
-    """SGD-momentum (reference) or Adam/AdamW, per-group lr/decay, frozen upsampling, accumulation."""
-    optim = config.optim
-    schedule = learning_rate_schedule(optim, num_updates(config))
-
-    def group(lr_mult: float, weight_decay: float) -> optax.GradientTransformation:
-        lr = lambda count: schedule(count) * lr_mult  # noqa: E731
-        if optim.optimizer == "sgd":
-            return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=optim.momentum or None))
-        if optim.optimizer == "adam":
-            return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr))
-        if optim.optimizer == "adamw":
-            return optax.adamw(lr, weight_decay=weight_decay)
-        raise ConfigError(f"config.optim.optimizer={optim.optimizer!r}: expected sgd, adam or adamw")
-
-    tx = optax.multi_transform(
-        {
-            "weight": group(1.0, optim.weight_decay),
-            "bias": group(optim.bias_lr_mult, 0.0),
-            "frozen": optax.set_to_zero(),
-        },
-        param_labels(params, config.model.learnable_upsample),
-    )
-    if optim.grad_clip_norm:
-        tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
-    if optim.grad_accum_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=optim.grad_accum_steps)
-    return tx
-
-
-def init_key(seed: int) -> jax.Array:
-    """Key for parameter init: the "rbg" generator compiles faster than threefry on CPU (BENCHMARKS.md).
-
-    Only the initial draw depends on it (dropout keeps threefry, whose masks do not depend on the
-    sharding), so this changes start-up time, not any result's reproducibility for a given backend.
-    """
-    return jax.random.key(seed, impl="rbg")
-
-
-def create_train_state(config: ml_collections.ConfigDict, model: models.FCN, rng: jax.Array,
-                       image_shape: tuple[int, int, int, int]) -> TrainState:
-    """Fresh params (zero score layers, bilinear deconvolutions) and optimiser state."""
-    params = model.init({"params": rng}, jnp.zeros(image_shape, jnp.float32), train=False)["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=create_optimizer(config, params))
-
-
-# ----------------------------------------------------------------------------- the pure steps
-
-
-def all_finite(tree: Any) -> jax.Array:
-    """True iff every element of every leaf is finite, in one fused pass per leaf.
-
-    x * 0 is 0 for finite x and NaN for inf or NaN (IEEE; XLA does not fold it away), so the sum is
-    finite exactly when all elements are; one cheap fused reduction on XLA:CPU, unlike all(isfinite(x)).
-    """
-    return jnp.isfinite(sum(jnp.sum(x * 0) for x in jax.tree.leaves(tree)))
-
-
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_reduction: str,
-               num_classes: int | tuple[int, ...], aux_loss_weight: float = 0.0) -> tuple[TrainState, dict]:
-    """One SGD step on a global batch. A non-finite loss or gradient leaves the state unchanged.
-
-    num_classes: the classes of each score head (a tuple for a multi-head FCN, whose loss sums the heads').
-    A model may sow "aux" logits (added to the loss x aux_loss_weight) and "batch_stats" (batch-norm statistics
-    of the global batch, which move the running ones: resnet.running_statistics)."""
-    head_classes = (num_classes,) if isinstance(num_classes, int) else tuple(num_classes)
-    dropout_rng = jax.random.fold_in(rng, state.step)
-
-    def loss_fn(params):
-        logits, sown = state.apply_fn({"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng},
-                                      mutable=["aux", "batch_stats"] if aux_loss_weight else ["batch_stats"])
-        loss, num_valid = losses.multi_head_cross_entropy(logits, batch["label"], head_classes,
-                                                          reduction=loss_reduction)
-        if aux_loss_weight and "aux" in sown:
-            aux_loss, _ = losses.multi_head_cross_entropy(sown["aux"]["logits"][0], batch["label"], head_classes,
-                                                          reduction=loss_reduction)
-            loss = loss + aux_loss_weight * aux_loss
-        return loss, (logits, num_valid, sown.get("batch_stats", {}))
-
-    (loss, (logits, num_valid, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    finite = jnp.isfinite(loss) & all_finite(grads)
-
-    def update(s):
-        s = s.apply_gradients(grads=grads)
-        return s.replace(params=resnet.running_statistics(s.params, batch_stats)) if batch_stats else s
-
-    # cond, not a select over the whole state: only one branch runs, and the donated state is updated
-    # in place instead of keeping old and new copies alive (benchmarks/train_step.py, BENCHMARKS.md).
-    new_state = jax.lax.cond(finite, update, lambda s: s, state)
-    first_logits, first_labels = losses.split_heads(logits, batch["label"], head_classes)[0]
-    confusion = metrics.confusion_matrix(jnp.argmax(first_logits, -1), first_labels, head_classes[0])
-    return new_state, {
-        "loss": loss,
-        "finite": finite,
-        "num_valid": num_valid,
-        "pixel_acc": jnp.trace(confusion) / jnp.maximum(confusion.sum(), 1),
-    }
 
 
 # ----------------------------------------------------------------------------- validation of configs
@@ -305,9 +163,10 @@ def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh, info: dataset
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     state = jax.jit(functools.partial(create_train_state, config, model, image_shape=image_shape),
                     out_shardings=replicated)(init_key(config.seed))
-    logging.info("%s (%s geometry, width %g): %s params on %d device(s), %d process(es)", config.model.variant,
-                 config.model.geometry, config.model.width, f"{inference.count_params(state.params):,}",
-                 mesh.devices.size, jax.process_count())
+    shape = (f"output stride {config.model.resnet.output_stride}, batch norm {config.model.resnet.batch_norm}"
+             if config.model.variant in resnet.DEPTHS else f"{config.model.geometry} geometry, width {config.model.width:g}")
+    logging.info("%s (%s): %s params on %d device(s), %d process(es)", config.model.variant, shape,
+                 f"{inference.count_params(state.params):,}", mesh.devices.size, jax.process_count())
 
     def batches(start_step: int):
         dataset = input_pipeline.train_dataset(

@@ -165,6 +165,18 @@ def test_default_sweep_covers_the_paper_ablations(tmp_path):
     assert ablate.load_sweep("experiments/ablate_skips.py")[0].train.num_steps == ablate_skips.NUM_STEPS
 
 
+def test_the_backbone_sweep_sets_each_variants_backbone(tmp_path):
+    base, overrides = ablate.load_sweep("experiments/ablate_backbones.py", num_steps=50)
+    by_name = {name: config for name, _, config in ablate.build_variants(base, overrides, str(tmp_path))}
+    for config in by_name.values():
+        train.validate_config(config)
+    assert by_name["vgg16_fcn8s"].model.variant == "fcn8s" and by_name["vgg16_fcn8s"].aux_loss_weight == 0
+    resnets = [by_name[n] for n in ("resnet_os8", "resnet_os16", "resnet_os8_frozen_bn")]
+    assert all(c.model.variant == "fcn_resnet50" and c.model.resnet.layers == (1, 1, 1, 1) for c in resnets)
+    assert [c.model.resnet.output_stride for c in resnets] == [8, 16, 8]
+    assert [c.model.resnet.batch_norm for c in resnets] == ["sync", "sync", "frozen"]
+
+
 @pytest.mark.parametrize("overrides, message", [
     ([("a", {"model.varient": "fcn32s"})], "variant 'a': unknown config key 'model.varient'"),
     ([("a", {"init_from": "@b"}), ("b", {})], "variant 'a': init_from '@b' names no earlier variant"),

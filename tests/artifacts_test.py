@@ -64,7 +64,7 @@ def test_model_settings_come_from_the_sidecar_or_the_runs_config(tmp_path):
         "format": "caffe"})
     assert artifacts.model_settings(str(converted), {"geometry": "same", "width": None}) == {
         "variant": "fcn8s", "num_classes": 3, "width": 0.5, "geometry": "same", "normalization": "caffe_bgr",
-        "dtype": "float32", "heads": ()}
+        "dtype": "float32", "heads": (), "resnet": {}}
     run = tmp_path / "run"
     artifacts.write_json(str(run / artifacts.CONFIG_FILE), {
         "model": {"variant": "fcn32s", "num_classes": 21, "width": 1, "geometry": "same", "dtype": "bfloat16"},

@@ -160,7 +160,7 @@ def random_input(shape, seed=1):
 # --------------------------------------------------------------------- Caffe
 
 
-@pytest.mark.parametrize("variant", models.VARIANTS)
+@pytest.mark.parametrize("variant", models.VGG_VARIANTS)
 def test_caffe_fcn_matches_numpy_reference(tmp_path, variant):
     layers = caffe_fcn_layers(variant, 3, np.random.default_rng(0))
     path = str(tmp_path / f"{variant}.caffemodel")

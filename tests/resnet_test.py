@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import resnet_demo
+from models_test import count_macs
 from fcn_jax import inference, parallel, resnet, train
 
 TINY = {"layers": (1, 1, 1, 1), "width_per_group": 8, "expansion": 1}
@@ -99,6 +100,14 @@ def test_the_aux_loss_is_added_with_its_weight():
                                                                  jax.random.PRNGKey(0))
     expected = mean_loss(out) + 0.5 * mean_loss(sown["aux"]["logits"][0])
     assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_macs_are_torchvisions_documented_operations():
+    """torchvision documents 152.717 / 232.738 GFLOPS for fcn_resnet50 / 101 (aux head included) at 520x520."""
+    for variant, documented, at_500 in (("fcn_resnet50", 152.72, 143.4), ("fcn_resnet101", 232.74, 218.6)):
+        model = inference.create_model(variant, num_classes=21)
+        assert round(count_macs(model, 520, mutable=("aux",)) / 1e9, 2) == documented
+        assert round(count_macs(model, 500, mutable=("aux",)) / 1e9, 1) == at_500  # the model zoo's column
 
 
 def test_statistics_are_frozen_params_and_bad_settings_are_one_line():

@@ -33,15 +33,20 @@ def _relative(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def test_the_tiny_torchvision_fcn_gives_torchvisions_outputs():
+def _tiny():
+    """(the tiny torchvision FCN's state_dict, its fcn_jax options, torchvision's out, aux) from the fixture."""
     script = _script()
     with np.load(os.path.join(FIXTURES, "torchvision_resnet_tiny.npz")) as fixture:
-        keys, shapes = list(fixture["keys"]), json.loads(str(fixture["shapes"]))
+        keys, shapes = [str(k) for k in fixture["keys"]], json.loads(str(fixture["shapes"]))
         expected_out, expected_aux = fixture["out"], fixture["aux"]
     state = {k: script.pattern(i, k, tuple(s)) for i, (k, s) in enumerate(zip(keys, shapes))}
-    tiny = script.TINY
-    options = {k: tiny[k] for k in ("layers", "width_per_group", "expansion")}
-    model = inference.create_model("fcn_resnet50", num_classes=tiny["num_classes"], resnet=options)
+    return state, {k: script.TINY[k] for k in ("layers", "width_per_group", "expansion")}, expected_out, expected_aux
+
+
+def test_the_tiny_torchvision_fcn_gives_torchvisions_outputs():
+    script = _script()
+    state, options, expected_out, expected_aux = _tiny()
+    model = inference.create_model("fcn_resnet50", num_classes=script.TINY["num_classes"], resnet=options)
     params, report = pretrained.merge_params(inference.init_params(model), torchvision_resnet.to_params(state))
     assert report["new"] == report["unused"] == [] and "backbone/layer4_1/conv2" in report["loaded"]
     out, aux = _outputs(model, params, script.fixture_input())
@@ -68,6 +73,39 @@ def test_every_key_of_torchvisions_state_dicts_fits_the_model(name, variant, str
         assert report["new"] == [f"{head}/{layer}" for head in ("aux_classifier", "classifier")
                                  for layer in ("bn", "conv", "score")] and report["unused"] == ["fc"]
     assert len(report["loaded"]) > 50
+
+
+def test_converted_resnet_weights_predict_as_the_network(tmp_path):
+    from PIL import Image
+
+    from fcn_jax import checkpoints, predict
+
+    state, options, _, _ = _tiny()
+    torch_file = tmp_path / "tiny.pth"
+    _write_state_dict(torch_file, state)
+    params, meta = pretrained.convert("torchvision", str(torch_file), "fcn_resnet50", num_classes=3, resnet=options)
+    assert meta["resnet"]["layers"] == [1, 1, 2, 2] and meta["normalization"] == "imagenet_rgb"
+    checkpoints.save_params(str(tmp_path / "weights"), params, meta)
+    image = np.random.default_rng(4).integers(0, 256, (29, 35, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    assert predict.main(["--weights", str(tmp_path / "weights"), "--input", str(tmp_path / "photo.png"),
+                         "--output", str(tmp_path / "out")]) == 0
+    model = inference.create_model("fcn_resnet50", num_classes=3, resnet=options)
+    logits = model.apply({"params": params}, inference.normalize(image, "imagenet_rgb")[None])[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "photo.png")), np.argmax(logits, -1))
+
+
+def _write_state_dict(path, state):
+    """A .pth of `state` in torch's zip format, written by pretrained_test's hand-written writer (no torch here)."""
+    from pretrained_test import write_pth
+
+    tensors, storages = {}, {}
+    for name, value in state.items():
+        key = str(len(storages))
+        storages[key] = np.ascontiguousarray(value).ravel()
+        stride = tuple(int(x) for x in np.cumprod((1,) + value.shape[:0:-1])[::-1]) if value.ndim else ()
+        tensors[name] = (key, 0, value.shape, stride)
+    write_pth(str(path), tensors, storages)
 
 
 def test_params_without_statistics_are_torchvisions_documented_counts():

@@ -1,0 +1,48 @@
+"""benchmarks/gpu.py runs where the GPU machine's image runs it: no TensorFlow, tensorflow-datasets or ml_collections.
+
+On the CPU at a tiny width: every case of a small grid gives images/s, FLOPs and the JSON + markdown report, so the
+script cannot fail on first contact with a GPU; with torch installed (the bench venv) the torch side runs too and
+its fp32 inference equals fcn_jax's."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = textwrap.dedent("""
+    import sys
+    for name in ("tensorflow", "tensorflow_datasets", "ml_collections"):
+        sys.modules[name] = None  # not on the GPU machine: any import of them fails
+    from benchmarks import gpu
+    gpu.main(sys.argv[1:])
+""")
+
+
+@pytest.mark.parametrize("frameworks", [["fcn_jax"], ["fcn_jax", "torch"]], ids=["fcn_jax", "with_torch"])
+def test_the_gpu_benchmark_runs_without_tensorflow_or_ml_collections(frameworks, tmp_path):
+    if "torch" in frameworks and importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed (the bench venv has it)")
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""}
+    completed = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "--width", "0.03125", "--sizes", "64", "--batches", "2", "--reps", "2",
+         "--iters", "1", "--frameworks", *frameworks, "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [(c["kind"], c["dtype"]) for c in report["cases"]] == [
+        ("train", "bf16"), ("train", "fp32"), ("inference", "bf16"), ("inference", "fp32")]
+    for case in report["cases"]:
+        assert "error" not in case, case
+        assert set(case["stats"]) == set(frameworks)
+        assert all(s["images_per_s"] > 0 for s in case["stats"].values())
+        assert case["gflop_per_call"] > 0 and case["jax_compile_s"] > 0
+    if "torch" in frameworks:
+        fp32 = next(c for c in report["cases"] if c["kind"] == "inference" and c["dtype"] == "fp32")
+        assert fp32["relative_error"] < 1e-4
+    table = (tmp_path / "gpu.md").read_text().splitlines()
+    assert sum(line.startswith("| train") or line.startswith("| inference") for line in table) == 4
