@@ -13,7 +13,7 @@ through torch.autocast, the same SGD; each timed call runs --iters steps and syn
 torch.cuda.synchronize). Calls alternate for --reps rounds after a warm-up. Outputs are compared before timing
 (relative error recorded; TF32 and bf16 make GPU outputs differ more than on the CPU).
 
-On the CPU the same script is the smoke test (tests/benchmarks_gpu_test.py): --width 1/32 --sizes 64 ...
+On the CPU the same script is the smoke test (tests/gpu_benchmark_test.py): --width 1/32 --sizes 64 ...
 """
 import argparse
 import functools

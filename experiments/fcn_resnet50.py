@@ -4,6 +4,8 @@ Output stride 8 (layer3 and layer4 dilated), aux head on layer3 with loss weight
 with the poly schedule (power 0.9), weight decay 1e-4 on every kernel and batch-norm scale, batch 32 (8 GPUs x 4),
 random resize 0.5-2.0, crop 480, flip, ImageNet normalisation, mean cross entropy ignoring 255. Batch norm is
 synchronised over the global batch (config.model.resnet.batch_norm; "frozen" for fine-tuning at small batch).
+Differences from torchvision's script: no 10x learning rate on the aux head, and weight decay on kernels and batch-norm
+scales only (biases take bias_lr_mult 1 and no decay).
 Start from ImageNet: convert torchvision's resnet50 first (README, "Model zoo"):
     python -m fcn_jax.convert --format torchvision --input resnet50-11ad3fa6.pth --variant fcn_resnet50 \\
         --allow_missing --output weights/resnet50_imagenet

@@ -19,10 +19,12 @@ the output up to s/2 - 1 pixels off the input it came from whenever H or W is no
 Upsampling is a transposed convolution in sub-pixel form (see `transposed_conv`): on XLA:CPU it
 was the fastest exact form measured by benchmarks/upsample.py.
 """
+import functools
 from fractions import Fraction
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -173,6 +175,52 @@ def _crop(x, offset: int, size):
     return x[:, offset:offset + size[0], offset:offset + size[1]]
 
 
+def _tap_kernel_grad(x, g, kernel_shape, padding):
+    """d loss / d kernel of a stride-1 NHWC/HWIO convolution: for each tap (i, j), the sum over n, h, w of
+    x_padded[n, h + i, w + j]^T g[n, h, w], one matmul per tap. XLA:CPU's own kernel gradient of a 3x3 conv on a
+    large map runs several times slower (BENCHMARKS.md, "Where the time goes")."""
+    xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    (kh, kw), (ho, wo) = kernel_shape[:2], g.shape[1:3]
+    g2 = g.reshape(-1, g.shape[-1])
+
+    def tap(index):  # one tap at a time (lax.map): one shifted copy of x alive, not kh * kw of them
+        window = lax.dynamic_slice(xp, (0, index // kw, index % kw, 0), (x.shape[0], ho, wo, x.shape[-1]))
+        return lax.dot(window.reshape(-1, x.shape[-1]).T, g2, preferred_element_type=jnp.float32)
+
+    return lax.map(tap, jnp.arange(kh * kw)).reshape(kh, kw, x.shape[-1], g.shape[-1])
+
+
+def tap_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+             feature_group_count=1, precision=None, **kwargs):
+    """lax.conv_general_dilated with the kernel gradient of `_tap_kernel_grad` (forward and input gradient are
+    XLA's), on the CPU backend, where it was measured faster (BENCHMARKS.md); VGG16's stride-1 convolutions use it.
+    Other backends and any other convolution get lax.conv_general_dilated unchanged."""
+    plain = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+                              lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                              dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+                              precision=precision, **kwargs)
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    simple = all(v in (None, 1) or tuple(v) == (1, 1) for v in (window_strides, lhs_dilation, rhs_dilation))
+    if not (simple and jax.default_backend() == "cpu" and feature_group_count == 1 and isinstance(padding, (tuple, list))
+            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc):
+        return plain(lhs, rhs)
+
+    @jax.custom_vjp
+    def conv(x, kernel):
+        return plain(x, kernel)
+
+    def forward(x, kernel):
+        return plain(x, kernel), (x, kernel)
+
+    def backward(residuals, g):
+        x, kernel = residuals
+        (dx,) = jax.vjp(lambda x_: plain(x_, kernel), x)[1](g)
+        return dx, _tap_kernel_grad(x, g, kernel.shape, padding).astype(kernel.dtype)
+
+    conv.defvjp(forward, backward)
+    return conv(lhs, rhs)
+
+
 def _max_pool_ceil(x):
     """2x2/2 max pool rounding the output size up (Caffe ceil mode; XLA SAME pads the same way)."""
     return nn.max_pool(x, (2, 2), strides=(2, 2),
@@ -197,11 +245,15 @@ class Upsample(nn.Module):
 
 
 class VGG16(nn.Module):
-    """VGG16 convolutions plus fc6 (7x7 conv) and fc7 (1x1 conv); returns pool3, pool4, fc7."""
+    """VGG16 convolutions plus fc6 (7x7 conv) and fc7 (1x1 conv); returns pool3, pool4, fc7.
+
+    tap_kernel_grads: the 3x3 and 7x7 convolutions take their kernel gradient as one matmul per tap (tap_conv);
+    the same values, computed faster on XLA:CPU."""
     geometry: str = "caffe"
     width: float = 1.0
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    tap_kernel_grads: bool = True
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -211,7 +263,8 @@ class VGG16(nn.Module):
         def conv(name, channels, k, p):
             return nn.Conv(scaled_channels(channels, self.width), (k, k),
                            padding=((p, p), (p, p)), dtype=self.dtype,
-                           param_dtype=jnp.float32, name=name)
+                           param_dtype=jnp.float32, name=name,
+                           conv_general_dilated=tap_conv if self.tap_kernel_grads and k > 1 else None)
 
         x, feats = images.astype(self.dtype), {}
         for block, layers in enumerate(VGG16_BLOCKS, start=1):
@@ -243,6 +296,7 @@ class FCN(nn.Module):
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
     heads: tuple[tuple[str, int], ...] = ()
+    tap_kernel_grads: bool = True  # VGG16's: faster kernel gradients, the same values
 
     def _score(self, name, x, num_classes):
         conv = nn.Conv(num_classes, (1, 1), kernel_init=nn.initializers.zeros,
@@ -271,7 +325,7 @@ class FCN(nn.Module):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"FCN expects images of shape (N, H, W, 3), got {images.shape}")
         offsets = crop_offsets(self.geometry, self.skips)
-        feats = VGG16(self.geometry, self.width, self.dropout_rate, self.dtype,
+        feats = VGG16(self.geometry, self.width, self.dropout_rate, self.dtype, self.tap_kernel_grads,
                       name="backbone")(images, train)
         heads = [(f"_{name}", classes) for name, classes in self.heads] or [("", self.num_classes)]
         outs = [self._head(feats, suffix, classes, offsets, images.shape[1:3]) for suffix, classes in heads]
@@ -316,7 +370,8 @@ def create_model(variant: str, *, resnet_options: dict | None = None, **kwargs) 
             raise ValueError(f"width scales VGG16 FCNs; size {variant} by its resnet options (layers, "
                              "width_per_group, expansion) instead")
         resnet.check_settings(variant, options.get("output_stride", 8), options.get("batch_norm", "frozen"),
-                              kwargs.get("heads", ()))
+                              kwargs.get("heads", ()), layers, options.get("width_per_group", 64),
+                              options.get("expansion", 4))
         return resnet.ResNetFCN(layers=layers, **options, **kwargs)
     if variant not in _MODELS:
         raise ValueError(f"unknown model variant {variant!r}; expected one of {VARIANTS}")

@@ -134,9 +134,14 @@ def caffe_layers(path: str) -> list[Layer]:
 
 def _state_dict(path: str) -> dict[str, np.ndarray]:
     """A .pth's state_dict: unwraps training checkpoints ({'model_state_dict': ...}) and DataParallel's 'module.'."""
-    obj = torch_pickle.load_torch_file(path)
+    try:
+        obj = torch_pickle.load_torch_file(path)
+    except torch_pickle.UnsafePickleError as error:
+        raise torch_pickle.UnsafePickleError(
+            f"{error} (a training checkpoint? save its weights alone: torch.save(torch.load(f, weights_only=False)"
+            "['model'], 'weights.pth'))") from None
     if isinstance(obj, Mapping):
-        for key in ("model_state_dict", "state_dict"):
+        for key in ("model_state_dict", "state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
@@ -156,7 +161,7 @@ def detect_pth_format(state: Mapping[str, np.ndarray], path: str) -> str:
     if "conv1_1.weight" in state:
         return "pytorch_fcn"
     raise ValueError(
-        f"{path} is neither a torchvision vgg16 nor a pytorch-fcn state_dict (first keys: {list(state)[:4]})"
+        f"{path} is neither a torchvision vgg16 / ResNet nor a pytorch-fcn state_dict (first keys: {list(state)[:4]})"
     )
 
 
@@ -232,8 +237,8 @@ def change_normalization(params: dict, source: str, target: str) -> dict:
     if source == target:
         return params
     if "conv1_1" not in params.get("backbone", {}):
-        raise ValueError(f"only VGG16's conv1_1 (it has a bias) can take the {source} normalisation folded into it; "
-                         f"train ResNet weights with config.data.normalization={source!r}")
+        raise ValueError(f"only VGG16's conv1_1 (it has a bias) can take another input normalisation ({target}) "
+                         f"folded into it; use these weights with their own, config.data.normalization={source!r}")
     a_s, c_s = _normalization_affine(source)
     a_t, c_t = _normalization_affine(target)
     conv = params["backbone"]["conv1_1"]

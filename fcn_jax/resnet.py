@@ -165,9 +165,15 @@ class ResNetFCN(nn.Module):
         return head("classifier", feats["layer4"])
 
 
-def check_settings(variant: str, output_stride: int, batch_norm: str, heads) -> None:
+def check_settings(variant: str, output_stride: int, batch_norm: str, heads, layers=(1, 1, 1, 1),
+                   width_per_group: int = 64, expansion: int = 4) -> None:
     if variant not in DEPTHS:
         raise ValueError(f"unknown ResNet variant {variant!r}; expected one of {tuple(DEPTHS)}")
+    if len(layers) != 4 or min(layers) < 1:
+        raise ValueError(f"layers {tuple(layers)}: blocks of the four stages layer1..layer4, each >= 1 (() = the "
+                         "depth's)")
+    if width_per_group < 1 or expansion < 1:
+        raise ValueError(f"width_per_group {width_per_group} and expansion {expansion} must be >= 1")
     if output_stride not in _DILATE:
         raise ValueError(f"output_stride {output_stride}: expected one of {sorted(_DILATE)}")
     if batch_norm not in BATCH_NORMS:

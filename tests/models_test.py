@@ -331,3 +331,29 @@ def test_each_head_of_a_multi_head_fcn_is_the_single_head_fcn_with_its_layers(va
                                                   if key.endswith(f"_{name}")}}
         np.testing.assert_allclose(logits[..., channels], single.apply({"params": own}, images), rtol=1e-5, atol=1e-5)
     assert models.head_specs(5, heads) == heads and models.head_specs(5) == (("", 5),)
+
+
+@pytest.mark.parametrize("geometry", models.GEOMETRIES)
+def test_kernel_gradients_by_tap_equal_xlas(geometry):
+    """tap_conv (the default) changes how the kernel gradient is computed, not its value; the forward is XLA's."""
+    from fcn_jax import losses
+
+    rs = np.random.RandomState(0)
+    images = jnp.asarray(rs.randn(2, 45, 37, 3), jnp.float32)
+    labels = jnp.asarray(rs.randint(0, 21, (2, 45, 37)))
+    by_tap, by_xla = (models.create_model("fcn8s", geometry=geometry, width=1 / 16, tap_kernel_grads=flag)
+                      for flag in (True, False))
+    params = by_xla.init(jax.random.PRNGKey(0), images)["params"]
+    params = jax.tree.map(lambda p: p + 0.05 * jnp.asarray(rs.randn(*p.shape), p.dtype), params)
+
+    def grads(model):
+        loss = lambda p: losses.pixel_cross_entropy(model.apply({"params": p}, images), labels, reduction="sum")[0]  # noqa: E731
+        return jax.jit(jax.grad(loss))(params)
+
+    tap, xla = grads(by_tap), grads(by_xla)
+    flat_xla = flax.traverse_util.flatten_dict(xla)
+    for path, a in flax.traverse_util.flatten_dict(tap).items():
+        b = flat_xla[path]
+        assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(b).max()) + 1e-12, path
+    assert float(jnp.abs(tap["backbone"]["conv1_1"]["kernel"]).max()) > 0  # a real gradient reached the first conv
+    np.testing.assert_array_equal(by_tap.apply({"params": params}, images), by_xla.apply({"params": params}, images))

@@ -440,6 +440,10 @@ def test_pth_training_checkpoints_and_data_parallel_prefixes_are_unwrapped(tmp_p
     assert meta["format"] == "pytorch_fcn"
     np.testing.assert_array_equal(params["backbone"]["conv1_1"]["kernel"], w.transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(params["backbone"]["conv1_1"]["bias"], b)
+    torchvision_checkpoint = {"epoch": 3, "model": {"backbone.layer1.0.conv1.weight": w}}  # its reference train.py
+    monkeypatch.setattr(torch_pickle, "load_torch_file", lambda path: torchvision_checkpoint)
+    params, meta = pretrained.load_pth("model_29.pth")
+    assert meta["format"] == "torchvision" and params["backbone"]["layer1_0"]["conv1"]["kernel"].shape == (3, 3, 3, 2)
     monkeypatch.setattr(torch_pickle, "load_torch_file", lambda path: [w])
     with pytest.raises(ValueError, match="x.pth does not hold a state_dict .a dict of tensors., but a list"):
         pretrained.load_pth("x.pth")

@@ -118,6 +118,10 @@ def test_statistics_are_frozen_params_and_bad_settings_are_one_line():
         _model(output_stride=4)
     with pytest.raises(ValueError, match="batch_norm 'local'"):
         _model(batch_norm="local")
+    with pytest.raises(ValueError, match=r"layers \(1, 1\): blocks of the four stages"):
+        _model(layers=(1, 1))
+    with pytest.raises(ValueError, match="width_per_group 0 and expansion 1 must be >= 1"):
+        _model(width_per_group=0)
     with pytest.raises(ValueError, match="width scales VGG16"):
         inference.create_model("fcn_resnet50", num_classes=4, width=0.5)
     with pytest.raises(ValueError, match="one score head"):
