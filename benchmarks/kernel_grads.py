@@ -7,34 +7,17 @@ upsampling); the same weights and batch for all three; calls alternate for --rep
   python -m benchmarks.kernel_grads [--cases caffe:320:1 caffe:500:1 same:256:8] [--reps 5]
 """
 import argparse
-import functools
-import time
 
-import jax
-
-from benchmarks import common
+from benchmarks import common, train_step
 from benchmarks.torch_fcn import FORMATS
 from benchmarks.train_step import make_batch, make_config, torch_step
-from fcn_jax import models, step
+from fcn_jax import models
 
 
 def jax_step(config, params, batch, tap_kernel_grads: bool):
     model = models.create_model(config.model.variant, geometry=config.model.geometry,
                                 dropout_rate=config.model.dropout_rate, tap_kernel_grads=tap_kernel_grads)
-    state = step.TrainState.create(apply_fn=model.apply, params=jax.device_put(params),
-                                   tx=step.create_optimizer(config, params))
-    fn = functools.partial(step.train_step, loss_reduction=config.loss_reduction, num_classes=21)
-    batch, rng = jax.device_put(batch), jax.random.PRNGKey(0)
-    start = time.perf_counter()
-    compiled = jax.jit(fn, donate_argnums=(0,)).lower(state, batch, rng).compile()
-    compile_s = time.perf_counter() - start
-    holder = {"state": state}
-
-    def run():
-        holder["state"], metrics = compiled(holder["state"], batch, rng)
-        return jax.block_until_ready(metrics)
-
-    return run, compile_s, common.compiled_flops(compiled)
+    return train_step.jax_step(config, params, batch, model)[:3]
 
 
 def run_case(geometry: str, size: int, batch_size: int, reps: int) -> dict:

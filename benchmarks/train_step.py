@@ -52,9 +52,10 @@ def make_batch(batch, size, num_classes=21, seed=2):
     return {"image": common.random_images((batch, size, size, 3), seed), "label": labels}
 
 
-def jax_step(config, params, batch):
-    """(blocking step fn, compile seconds, FLOPs, fn returning the current params as numpy)."""
-    model = train.create_model(config.model)
+def jax_step(config, params, batch, model=None):
+    """(blocking step fn, compile seconds, FLOPs, fn returning the current params as numpy); `model` defaults to
+    config.model's."""
+    model = train.create_model(config.model) if model is None else model
     state = train.TrainState.create(apply_fn=model.apply, params=jax.device_put(params),
                                     tx=train.create_optimizer(config, params))
     step = functools.partial(train.train_step, loss_reduction=config.loss_reduction,
