@@ -121,12 +121,29 @@ def ratios(stats: dict, name: str, baseline: str) -> dict:
             "per_round_median": round(statistics.median(per_round), 3)}
 
 
-def compare_to_torch(stats: dict, images: int, flops: float | None) -> dict:
-    """Throughput per entry of `stats` (added in place) and fcn_jax's time ratios against the fastest torch
-    entry and against each one: the common tail of the inference and train-step reports."""
+def matmul_rate(size: int = 4096, reps: int = 5) -> float:
+    """GFLOP/s of one fp32 size x size matmul under XLA (median of reps): the yardstick for "how close to this
+    machine's limit" (a convolution at this rate is at matmul speed)."""
+    a = jax.device_put(np.random.default_rng(0).standard_normal((size, size), np.float32))
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return round(2 * size ** 3 / statistics.median(times) / 1e9, 1)
+
+
+def compare_to_torch(stats: dict, images: int, flops: float | None, matmul_gflops: float | None = None) -> dict:
+    """Throughput per entry of `stats` (added in place; with matmul_gflops, FLOP/s as a fraction of that rate too)
+    and fcn_jax's time ratios against the fastest torch entry and against each one: the common tail of the
+    inference and train-step reports."""
     for s in stats.values():
         s["images_per_s"] = round(images / s["median_s"], 3)
         s["gflops_per_s"] = round(flops / s["median_s"] / 1e9, 1) if flops else None
+        if flops and matmul_gflops:
+            s["fraction_of_matmul_rate"] = round(s["gflops_per_s"] / matmul_gflops, 3)
     torch_names = [n for n in stats if n != "fcn_jax"]
     baseline = min(torch_names, key=lambda n: stats[n]["median_s"])
     return dict(torch_baseline=baseline, ratio_fcn_jax_over_torch=ratios(stats, "fcn_jax", baseline),

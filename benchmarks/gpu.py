@@ -64,7 +64,8 @@ def jax_case(kind: str, model, params, inputs: dict, config, iters: int):
     else:
         state = step.TrainState.create(apply_fn=model.apply, params=jax.device_put(params),
                                        tx=step.create_optimizer(config, params))
-        fn = jax.jit(functools.partial(step.train_step, loss_reduction="sum", num_classes=21), donate_argnums=(0,))
+        fn = jax.jit(functools.partial(step.train_step, loss_reduction="sum", num_classes=21,
+                                       learnable_upsample=config.model.learnable_upsample), donate_argnums=(0,))
         args = (state, batch, jax.random.PRNGKey(0))
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()

@@ -7,7 +7,7 @@ then the calls alternate. torch runs NCHW (its default) and channels_last (usual
 CPU); the ratio fcn_jax/torch is taken against the faster of the two. FLOPs are XLA's count of
 the compiled fcn_jax forward (2 per multiply-add), the same net torch runs.
 
-  python -m benchmarks.inference [--cases default|quick] [--case fcn8s,caffe,500,1,fp32,3] [--reps 3]
+  python -m benchmarks.inference [--cases default|headline|quick] [--case fcn8s,caffe,500,1,fp32,3] [--reps 3]
                                  [--formats nchw,channels_last] [--out benchmarks/results/inference.json]
 """
 import argparse
@@ -40,6 +40,12 @@ DEFAULT_CASES = (
     ("fcn16s", "caffe", 224, 1, "fp32", 1),
     ("fcn8s_atonce", "caffe", 224, 1, "fp32", 1),
 )
+HEADLINE_CASES = (  # the headline table of BENCHMARKS.md: FCN-8s fp32, batch 1 and 8, 5 rounds (~8 minutes idle)
+    ("fcn8s", "caffe", 500, 1, "fp32", 5),
+    ("fcn8s", "caffe", 500, 8, "fp32", 5),
+    ("fcn8s", "same", 224, 1, "fp32", 5),
+    ("fcn8s", "same", 224, 8, "fp32", 5),
+)
 QUICK_CASES = (
     ("fcn8s", "caffe", 500, 1, "fp32", 3),
     ("fcn8s", "same", 224, 1, "fp32", 3),
@@ -68,7 +74,7 @@ def torch_forward(variant, geometry, dtype, params, images, memory_format):
     return run
 
 
-def run_case(variant, geometry, size, batch, dtype, reps, formats):
+def run_case(variant, geometry, size, batch, dtype, reps, formats, matmul_gflops=None):
     """One row of the report: equality, times, ratios, FLOP/s, memory."""
     images = common.random_images((batch, size, size, 3))
     params = common.random_params(models.create_model(variant, geometry=geometry), images.shape)
@@ -88,7 +94,7 @@ def run_case(variant, geometry, size, batch, dtype, reps, formats):
     stats = common.interleaved(fns, warmup=0, reps=reps)
     return dict(variant=variant, geometry=geometry, size=size, batch=batch, dtype=dtype, reps=reps,
                 gflop_per_forward=round(flops / 1e9, 2) if flops else None, jax_compile_s=round(compile_s, 2),
-                relative_error_vs_fcn_jax=errors, **common.compare_to_torch(stats, batch, flops))
+                relative_error_vs_fcn_jax=errors, **common.compare_to_torch(stats, batch, flops, matmul_gflops))
 
 
 def print_row(row):
@@ -102,20 +108,21 @@ def print_row(row):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", choices=("default", "quick"), default="default")
+    parser.add_argument("--cases", choices=("default", "headline", "quick"), default="default")
     parser.add_argument("--case", default=None, help="one case instead: variant,geometry,size,batch,dtype,reps")
     parser.add_argument("--reps", type=int, default=None, help="timed calls per fn (default: per case)")
     parser.add_argument("--formats", default="nchw,channels_last", help="torch memory formats to time")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    report = {"benchmark": "inference", "torch_threads": common.set_torch_threads(), **common.machine_info()}
-    report["results"] = []
-    cases = DEFAULT_CASES if args.cases == "default" else QUICK_CASES
+    report = {"benchmark": "inference", "torch_threads": common.set_torch_threads(), **common.machine_info(),
+              "matmul_gflops_per_s": common.matmul_rate(), "results": []}
+    cases = {"default": DEFAULT_CASES, "headline": HEADLINE_CASES, "quick": QUICK_CASES}[args.cases]
     if args.case:
         variant, geometry, size, batch, dtype, reps = args.case.split(",")
         cases = ((variant, geometry, int(size), int(batch), dtype, int(reps)),)
     for variant, geometry, size, batch, dtype, reps in cases:
-        row = run_case(variant, geometry, size, batch, dtype, args.reps or reps, args.formats.split(","))
+        row = run_case(variant, geometry, size, batch, dtype, args.reps or reps, args.formats.split(","),
+                       report["matmul_gflops_per_s"])
         report["results"].append(row)
         print_row(row)
         common.write_report("inference", report, args.out)  # keep what was measured if a later case dies

@@ -59,7 +59,7 @@ def jax_step(config, params, batch, model=None):
     state = train.TrainState.create(apply_fn=model.apply, params=jax.device_put(params),
                                     tx=train.create_optimizer(config, params))
     step = functools.partial(train.train_step, loss_reduction=config.loss_reduction,
-                             num_classes=config.model.num_classes)
+                             num_classes=config.model.num_classes, learnable_upsample=config.model.learnable_upsample)
     batch, rng = jax.device_put(batch), jax.random.PRNGKey(0)
     start = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch, rng).compile()

@@ -190,6 +190,17 @@ def _tap_kernel_grad(x, g, kernel_shape, padding):
     return lax.map(tap, jnp.arange(kh * kw)).reshape(kh, kw, x.shape[-1], g.shape[-1])
 
 
+def _cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                      feature_group_count) -> bool:
+    """True for an ungrouped, undilated, stride-1 NHWC/HWIO convolution with explicit padding on the CPU backend:
+    the convolutions whose matmul forms (tap_conv, im2col_conv) were measured faster there."""
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    simple = all(v in (None, 1) or tuple(v) == (1, 1) for v in (window_strides, lhs_dilation, rhs_dilation))
+    return (simple and jax.default_backend() == "cpu" and feature_group_count == 1
+            and isinstance(padding, (tuple, list))
+            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
+
+
 def tap_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
              feature_group_count=1, precision=None, **kwargs):
     """lax.conv_general_dilated with the kernel gradient of `_tap_kernel_grad` (forward and input gradient are
@@ -199,10 +210,8 @@ def tap_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
                               lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                               dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
                               precision=precision, **kwargs)
-    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    simple = all(v in (None, 1) or tuple(v) == (1, 1) for v in (window_strides, lhs_dilation, rhs_dilation))
-    if not (simple and jax.default_backend() == "cpu" and feature_group_count == 1 and isinstance(padding, (tuple, list))
-            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc):
+    if not _cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                             feature_group_count):
         return plain(lhs, rhs)
 
     @jax.custom_vjp
@@ -219,6 +228,28 @@ def tap_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
 
     conv.defvjp(forward, backward)
     return conv(lhs, rhs)
+
+
+def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                feature_group_count=1, precision=None, **kwargs):
+    """A stride-1 NHWC/HWIO convolution as one matmul over the kh * kw shifted copies of its input (im2col), on
+    the CPU backend; elsewhere, and for any other convolution, lax.conv_general_dilated unchanged.
+
+    For fc6 (7x7, 512 -> 4096 on a small map) XLA:CPU's convolution and its gradients run far below its matmul
+    rate while the copies are small (BENCHMARKS.md); autodiff makes both gradients matmuls too."""
+    plain = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+                              lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                              dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+                              precision=precision, **kwargs)
+    if not _cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                             feature_group_count):
+        return plain(lhs, rhs)
+    (kh, kw, cin, cout), n = rhs.shape, lhs.shape[0]
+    xp = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    cols = jnp.concatenate([xp[:, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)], axis=-1)
+    out = lax.dot(cols.reshape(n * ho * wo, kh * kw * cin), rhs.reshape(kh * kw * cin, cout), precision=precision)
+    return out.reshape(n, ho, wo, cout)
 
 
 def _max_pool_ceil(x):
@@ -247,13 +278,15 @@ class Upsample(nn.Module):
 class VGG16(nn.Module):
     """VGG16 convolutions plus fc6 (7x7 conv) and fc7 (1x1 conv); returns pool3, pool4, fc7.
 
-    tap_kernel_grads: the 3x3 and 7x7 convolutions take their kernel gradient as one matmul per tap (tap_conv);
-    the same values, computed faster on XLA:CPU."""
+    tap_kernel_grads: the 3x3 convolutions take their kernel gradient as one matmul per tap (tap_conv);
+    fc6_im2col: fc6 runs as one im2col matmul (im2col_conv). Both compute the same values, faster on XLA:CPU, and
+    change nothing on other backends."""
     geometry: str = "caffe"
     width: float = 1.0
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
     tap_kernel_grads: bool = True
+    fc6_im2col: bool = True
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -261,10 +294,12 @@ class VGG16(nn.Module):
         pads = _PADDING[self.geometry]
 
         def conv(name, channels, k, p):
+            impl = tap_conv if self.tap_kernel_grads and k > 1 else None
+            if name == "fc6" and self.fc6_im2col:
+                impl = im2col_conv
             return nn.Conv(scaled_channels(channels, self.width), (k, k),
                            padding=((p, p), (p, p)), dtype=self.dtype,
-                           param_dtype=jnp.float32, name=name,
-                           conv_general_dilated=tap_conv if self.tap_kernel_grads and k > 1 else None)
+                           param_dtype=jnp.float32, name=name, conv_general_dilated=impl)
 
         x, feats = images.astype(self.dtype), {}
         for block, layers in enumerate(VGG16_BLOCKS, start=1):
@@ -296,7 +331,8 @@ class FCN(nn.Module):
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
     heads: tuple[tuple[str, int], ...] = ()
-    tap_kernel_grads: bool = True  # VGG16's: faster kernel gradients, the same values
+    tap_kernel_grads: bool = True  # VGG16's CPU matmul forms: the same values, faster
+    fc6_im2col: bool = True
 
     def _score(self, name, x, num_classes):
         conv = nn.Conv(num_classes, (1, 1), kernel_init=nn.initializers.zeros,
@@ -326,7 +362,7 @@ class FCN(nn.Module):
             raise ValueError(f"FCN expects images of shape (N, H, W, 3), got {images.shape}")
         offsets = crop_offsets(self.geometry, self.skips)
         feats = VGG16(self.geometry, self.width, self.dropout_rate, self.dtype, self.tap_kernel_grads,
-                      name="backbone")(images, train)
+                      self.fc6_im2col, name="backbone")(images, train)
         heads = [(f"_{name}", classes) for name, classes in self.heads] or [("", self.num_classes)]
         outs = [self._head(feats, suffix, classes, offsets, images.shape[1:3]) for suffix, classes in heads]
         return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)

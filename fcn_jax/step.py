@@ -120,17 +120,28 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.isfinite(sum(jnp.sum(x * 0) for x in jax.tree.leaves(tree)))
 
 
+def without_frozen_gradients(params: Any, learnable_upsample: bool) -> Any:
+    """params with a stop_gradient on the leaves the optimiser freezes (`param_labels`): their gradients are never
+    computed. The frozen upsampling's kernel gradient alone was a sixth of the reference step on XLA:CPU
+    (BENCHMARKS.md); torch's reference does not compute it either (requires_grad=False)."""
+    return jax.tree.map(lambda p, label: jax.lax.stop_gradient(p) if label == "frozen" else p, params,
+                        param_labels(params, learnable_upsample))
+
+
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_reduction: str,
-               num_classes: int | tuple[int, ...], aux_loss_weight: float = 0.0) -> tuple[TrainState, dict]:
+               num_classes: int | tuple[int, ...], aux_loss_weight: float = 0.0,
+               learnable_upsample: bool = True) -> tuple[TrainState, dict]:
     """One SGD step on a global batch. A non-finite loss or gradient leaves the state unchanged.
 
     num_classes: the classes of each score head (a tuple for a multi-head FCN, whose loss sums the heads').
     A model may sow "aux" logits (added to the loss x aux_loss_weight) and "batch_stats" (batch-norm statistics
-    of the global batch, which move the running ones: resnet.running_statistics)."""
+    of the global batch, which move the running ones: resnet.running_statistics). learnable_upsample=False: the
+    upsampling kernels are frozen (config.model.learnable_upsample) and get no gradient."""
     head_classes = (num_classes,) if isinstance(num_classes, int) else tuple(num_classes)
     dropout_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
+        params = without_frozen_gradients(params, learnable_upsample)
         logits, sown = state.apply_fn({"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng},
                                       mutable=["aux", "batch_stats"] if aux_loss_weight else ["batch_stats"])
         loss, num_valid = losses.multi_head_cross_entropy(logits, batch["label"], head_classes,

@@ -186,7 +186,8 @@ def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh, info: dataset
     return loop.Job(
         state=state, rng=jax.device_put(jax.random.PRNGKey(config.seed), replicated),
         step_fn=functools.partial(train_step, loss_reduction=config.loss_reduction, num_classes=head_classes,
-                                  aux_loss_weight=config.aux_loss_weight),
+                                  aux_loss_weight=config.aux_loss_weight,
+                                  learnable_upsample=config.model.learnable_upsample),
         abstract_batch={"image": jax.ShapeDtypeStruct(image_shape, jnp.float32, sharding=sharded),
                         "label": jax.ShapeDtypeStruct(label_shape, jnp.int32, sharding=sharded)},
         batches=batches, batch_size=config.train.global_batch_size, mesh=mesh, log_keys=("loss", "pixel_acc"),

@@ -1,9 +1,12 @@
 """Tests for fcn_jax.models: geometry, parameter counts, initialisation, upsampling exactness."""
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from fcn_jax import models
 
@@ -334,15 +337,16 @@ def test_each_head_of_a_multi_head_fcn_is_the_single_head_fcn_with_its_layers(va
 
 
 @pytest.mark.parametrize("geometry", models.GEOMETRIES)
-def test_kernel_gradients_by_tap_equal_xlas(geometry):
-    """tap_conv (the default) changes how the kernel gradient is computed, not its value; the forward is XLA's."""
+def test_cpu_matmul_forms_equal_xlas_convolutions(geometry):
+    """tap_conv and fc6's im2col_conv (the defaults) change how values are computed, not the values: gradients and
+    logits equal those of XLA's own convolutions."""
     from fcn_jax import losses
 
     rs = np.random.RandomState(0)
     images = jnp.asarray(rs.randn(2, 45, 37, 3), jnp.float32)
     labels = jnp.asarray(rs.randint(0, 21, (2, 45, 37)))
-    by_tap, by_xla = (models.create_model("fcn8s", geometry=geometry, width=1 / 16, tap_kernel_grads=flag)
-                      for flag in (True, False))
+    by_tap, by_xla = (models.create_model("fcn8s", geometry=geometry, width=1 / 16, tap_kernel_grads=flag,
+                                          fc6_im2col=flag) for flag in (True, False))
     params = by_xla.init(jax.random.PRNGKey(0), images)["params"]
     params = jax.tree.map(lambda p: p + 0.05 * jnp.asarray(rs.randn(*p.shape), p.dtype), params)
 
@@ -356,4 +360,23 @@ def test_kernel_gradients_by_tap_equal_xlas(geometry):
         b = flat_xla[path]
         assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(b).max()) + 1e-12, path
     assert float(jnp.abs(tap["backbone"]["conv1_1"]["kernel"]).max()) > 0  # a real gradient reached the first conv
-    np.testing.assert_array_equal(by_tap.apply({"params": params}, images), by_xla.apply({"params": params}, images))
+    fast, xla = by_tap.apply({"params": params}, images), by_xla.apply({"params": params}, images)
+    assert float(jnp.abs(fast - xla).max()) <= 1e-5 * float(jnp.abs(xla).max())
+
+
+@pytest.mark.parametrize("kernel, padding", [(7, ((0, 0), (0, 0))), (3, ((3, 1), (0, 2))), (1, ((0, 0), (0, 0)))])
+def test_im2col_conv_equals_lax_conv_and_its_gradients(kernel, padding):
+    rs = np.random.RandomState(1)
+    x = jnp.asarray(rs.randn(2, 11, 9, 5), jnp.float32)
+    w = jnp.asarray(rs.randn(kernel, kernel, 5, 6), jnp.float32)
+    conv = functools.partial(lax.conv_general_dilated, window_strides=(1, 1), padding=padding,
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    im2col = functools.partial(models.im2col_conv, window_strides=(1, 1), padding=padding,
+                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(im2col(x, w), conv(x, w), rtol=1e-5, atol=1e-4)
+    g = jnp.asarray(rs.randn(*conv(x, w).shape), jnp.float32)
+    for a, b in zip(jax.vjp(im2col, x, w)[1](g), jax.vjp(conv, x, w)[1](g)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+    strided = models.im2col_conv(x, w, (2, 2), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_array_equal(strided, lax.conv_general_dilated(x, w, (2, 2), padding,
+                                                                    dimension_numbers=("NHWC", "HWIO", "NHWC")))

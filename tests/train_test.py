@@ -118,6 +118,33 @@ def test_train_step_on_8_devices_equals_1_device():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params_8, params_1)
 
 
+def test_frozen_upsampling_gets_no_gradient_and_the_same_step():
+    """learnable_upsample=False stops the frozen kernels' gradients (never computed), the others' are unchanged, and
+    the SGD step is the one with the gradients computed and discarded by the optimiser."""
+    from fcn_jax import losses, step as step_module
+
+    config = tiny_config()
+    config.model.learnable_upsample = False
+    config.optim.update(optimizer="sgd", learning_rate=1e-2, momentum=0.9)
+    state, batch = tiny_state(config), random_batch(config)
+    rs = np.random.RandomState(2)
+    state = state.replace(params=jax.tree.map(lambda p: p + 0.01 * rs.randn(*p.shape).astype(p.dtype), state.params))
+
+    def loss(params, learnable):
+        logits = state.apply_fn({"params": step_module.without_frozen_gradients(params, learnable)}, batch["image"])
+        return losses.pixel_cross_entropy(logits, batch["label"], reduction="sum")[0]
+
+    frozen, full = (jax.grad(loss)(state.params, learnable) for learnable in (False, True))
+    for name in ("upscore2", "upscore_pool4", "upscore8"):
+        assert float(jnp.abs(full[name]["kernel"]).max()) > 0
+        np.testing.assert_array_equal(frozen[name]["kernel"], 0.0)
+    np.testing.assert_array_equal(frozen["score_fr"]["kernel"], full["score_fr"]["kernel"])
+    steps = [jax.jit(functools.partial(train.train_step, loss_reduction="sum", num_classes=21,
+                                       learnable_upsample=learnable))(state, batch, jax.random.PRNGKey(0))[0]
+             for learnable in (False, True)]
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(steps[0].params), jax.device_get(steps[1].params))
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, None])
 def test_all_finite(bad):
     tree = {"a": np.ones((3, 2), np.float32), "b": [np.full(4, 1e38, np.float32)]}  # 1e38 * 0 stays finite

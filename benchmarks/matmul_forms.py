@@ -1,0 +1,59 @@
+"""A/B of VGG16's CPU matmul forms on the reference training step: fcn_jax as it runs (3x3 kernel gradients one
+matmul per tap, models.tap_conv; fc6 as one im2col matmul, models.im2col_conv; no gradient for the frozen
+upsampling) against fcn_jax with XLA's own convolutions everywhere, with torch's step as the yardstick; writes JSON.
+
+The reference recipe's step (benchmarks/train_step.py: SGD momentum 0.99, summed loss, dropout 0.5, frozen
+upsampling); the same weights and batch for all three; calls alternate for --reps rounds after a warm-up.
+
+  python -m benchmarks.matmul_forms [--cases caffe:320:1 caffe:500:1 same:256:8] [--reps 5]
+"""
+import argparse
+
+from benchmarks import common, train_step
+from benchmarks.torch_fcn import FORMATS
+from benchmarks.train_step import make_batch, make_config, torch_step
+from fcn_jax import models
+
+
+def jax_step(config, params, batch, matmul_forms: bool):
+    model = models.create_model(config.model.variant, geometry=config.model.geometry,
+                                dropout_rate=config.model.dropout_rate, tap_kernel_grads=matmul_forms,
+                                fc6_im2col=matmul_forms)
+    return train_step.jax_step(config, params, batch, model)[:3]
+
+
+def run_case(geometry: str, size: int, batch_size: int, reps: int, matmul_gflops: float | None = None) -> dict:
+    config = make_config("fcn8s", geometry, "fp32")
+    batch = make_batch(batch_size, size)
+    params = common.random_params(models.create_model("fcn8s", geometry=geometry), batch["image"].shape)
+    fns, compile_s = {}, {}
+    fns["fcn_jax"], compile_s["fcn_jax"], flops = jax_step(config, params, batch, True)
+    fns["fcn_jax_xla_convs"], compile_s["fcn_jax_xla_convs"], _ = jax_step(config, params, batch, False)
+    fns["torch_channels_last"] = torch_step(config, params, batch, FORMATS["channels_last"])[0]
+    stats = common.interleaved(fns, warmup=1, reps=reps)
+    return dict(geometry=geometry, size=size, batch=batch_size, reps=reps, jax_compile_s=compile_s,
+                matmul_forms_over_xla_convs=common.ratios(stats, "fcn_jax", "fcn_jax_xla_convs"),
+                xla_convs_over_torch=common.ratios(stats, "fcn_jax_xla_convs", "torch_channels_last"),
+                **common.compare_to_torch({k: v for k, v in stats.items() if k != "fcn_jax_xla_convs"}, batch_size,
+                                          flops, matmul_gflops), all_stats=stats)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", default=["caffe:320:1", "caffe:500:1", "same:256:8"])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    report = {"benchmark": "matmul_forms", "torch_threads": common.set_torch_threads(), **common.machine_info(),
+              "matmul_gflops_per_s": common.matmul_rate(), "results": []}
+    for case in args.cases:
+        geometry, size, batch = case.split(":")
+        row = run_case(geometry, int(size), int(batch), args.reps, report["matmul_gflops_per_s"])
+        report["results"].append(row)
+        print(case, "forms/xla", row["matmul_forms_over_xla_convs"], "fcn_jax/torch", row["ratio_fcn_jax_over_torch"],
+              "xla/torch", row["xla_convs_over_torch"], flush=True)
+        common.write_report("matmul_forms", report, args.out)
+
+
+if __name__ == "__main__":
+    main()
