@@ -1,5 +1,5 @@
 """A/B of VGG16's CPU matmul forms on the reference training step: fcn_jax as it runs (3x3 kernel gradients one
-matmul per tap, models.tap_conv; fc6 as one im2col matmul, models.im2col_conv; no gradient for the frozen
+matmul per tap, conv_forms.tap_conv; fc6 as one im2col matmul, conv_forms.im2col_conv; no gradient for the frozen
 upsampling) against fcn_jax with XLA's own convolutions everywhere, with torch's step as the yardstick; writes JSON.
 
 The reference recipe's step (benchmarks/train_step.py: SGD momentum 0.99, summed loss, dropout 0.5, frozen

@@ -19,17 +19,15 @@ the output up to s/2 - 1 pixels off the input it came from whenever H or W is no
 Upsampling is a transposed convolution in sub-pixel form (see `transposed_conv`): on XLA:CPU it
 was the fastest exact form measured by benchmarks/upsample.py.
 """
-import functools
 from fractions import Fraction
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fcn_jax import resnet
+from fcn_jax import conv_forms, resnet
 
 VGG_VARIANTS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
 VARIANTS = VGG_VARIANTS + tuple(resnet.DEPTHS)  # the backbone is part of the variant: VGG16 or a dilated ResNet
@@ -175,83 +173,6 @@ def _crop(x, offset: int, size):
     return x[:, offset:offset + size[0], offset:offset + size[1]]
 
 
-def _tap_kernel_grad(x, g, kernel_shape, padding):
-    """d loss / d kernel of a stride-1 NHWC/HWIO convolution: for each tap (i, j), the sum over n, h, w of
-    x_padded[n, h + i, w + j]^T g[n, h, w], one matmul per tap. XLA:CPU's own kernel gradient of a 3x3 conv on a
-    large map runs several times slower (BENCHMARKS.md, "Where the time goes")."""
-    xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-    (kh, kw), (ho, wo) = kernel_shape[:2], g.shape[1:3]
-    g2 = g.reshape(-1, g.shape[-1])
-
-    def tap(index):  # one tap at a time (lax.map): one shifted copy of x alive, not kh * kw of them
-        window = lax.dynamic_slice(xp, (0, index // kw, index % kw, 0), (x.shape[0], ho, wo, x.shape[-1]))
-        return lax.dot(window.reshape(-1, x.shape[-1]).T, g2, preferred_element_type=jnp.float32)
-
-    return lax.map(tap, jnp.arange(kh * kw)).reshape(kh, kw, x.shape[-1], g.shape[-1])
-
-
-def _cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                      feature_group_count) -> bool:
-    """True for an ungrouped, undilated, stride-1 NHWC/HWIO convolution with explicit padding on the CPU backend:
-    the convolutions whose matmul forms (tap_conv, im2col_conv) were measured faster there."""
-    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    simple = all(v in (None, 1) or tuple(v) == (1, 1) for v in (window_strides, lhs_dilation, rhs_dilation))
-    return (simple and jax.default_backend() == "cpu" and feature_group_count == 1
-            and isinstance(padding, (tuple, list))
-            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
-
-
-def tap_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-             feature_group_count=1, precision=None, **kwargs):
-    """lax.conv_general_dilated with the kernel gradient of `_tap_kernel_grad` (forward and input gradient are
-    XLA's), on the CPU backend, where it was measured faster (BENCHMARKS.md); VGG16's stride-1 convolutions use it.
-    Other backends and any other convolution get lax.conv_general_dilated unchanged."""
-    plain = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
-                              lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                              dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-                              precision=precision, **kwargs)
-    if not _cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                             feature_group_count):
-        return plain(lhs, rhs)
-
-    @jax.custom_vjp
-    def conv(x, kernel):
-        return plain(x, kernel)
-
-    def forward(x, kernel):
-        return plain(x, kernel), (x, kernel)
-
-    def backward(residuals, g):
-        x, kernel = residuals
-        (dx,) = jax.vjp(lambda x_: plain(x_, kernel), x)[1](g)
-        return dx, _tap_kernel_grad(x, g, kernel.shape, padding).astype(kernel.dtype)
-
-    conv.defvjp(forward, backward)
-    return conv(lhs, rhs)
-
-
-def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-                feature_group_count=1, precision=None, **kwargs):
-    """A stride-1 NHWC/HWIO convolution as one matmul over the kh * kw shifted copies of its input (im2col), on
-    the CPU backend; elsewhere, and for any other convolution, lax.conv_general_dilated unchanged.
-
-    For fc6 (7x7, 512 -> 4096 on a small map) XLA:CPU's convolution and its gradients run far below its matmul
-    rate while the copies are small (BENCHMARKS.md); autodiff makes both gradients matmuls too."""
-    plain = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
-                              lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                              dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-                              precision=precision, **kwargs)
-    if not _cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                             feature_group_count):
-        return plain(lhs, rhs)
-    (kh, kw, cin, cout), n = rhs.shape, lhs.shape[0]
-    xp = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-    cols = jnp.concatenate([xp[:, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)], axis=-1)
-    out = lax.dot(cols.reshape(n * ho * wo, kh * kw * cin), rhs.reshape(kh * kw * cin, cout), precision=precision)
-    return out.reshape(n, ho, wo, cout)
-
-
 def _max_pool_ceil(x):
     """2x2/2 max pool rounding the output size up (Caffe ceil mode; XLA SAME pads the same way)."""
     return nn.max_pool(x, (2, 2), strides=(2, 2),
@@ -278,8 +199,8 @@ class Upsample(nn.Module):
 class VGG16(nn.Module):
     """VGG16 convolutions plus fc6 (7x7 conv) and fc7 (1x1 conv); returns pool3, pool4, fc7.
 
-    tap_kernel_grads: the 3x3 convolutions take their kernel gradient as one matmul per tap (tap_conv);
-    fc6_im2col: fc6 runs as one im2col matmul (im2col_conv). Both compute the same values, faster on XLA:CPU, and
+    tap_kernel_grads: the 3x3 convolutions take their kernel gradient as one matmul per tap (conv_forms.tap_conv);
+    fc6_im2col: fc6 runs as one im2col matmul (conv_forms.im2col_conv). Both compute the same values, faster on XLA:CPU, and
     change nothing on other backends."""
     geometry: str = "caffe"
     width: float = 1.0
@@ -294,9 +215,9 @@ class VGG16(nn.Module):
         pads = _PADDING[self.geometry]
 
         def conv(name, channels, k, p):
-            impl = tap_conv if self.tap_kernel_grads and k > 1 else None
+            impl = conv_forms.tap_conv if self.tap_kernel_grads and k > 1 else None
             if name == "fc6" and self.fc6_im2col:
-                impl = im2col_conv
+                impl = conv_forms.im2col_conv
             return nn.Conv(scaled_channels(channels, self.width), (k, k),
                            padding=((p, p), (p, p)), dtype=self.dtype,
                            param_dtype=jnp.float32, name=name, conv_general_dilated=impl)

@@ -122,8 +122,8 @@ def all_finite(tree: Any) -> jax.Array:
 
 def without_frozen_gradients(params: Any, learnable_upsample: bool) -> Any:
     """params with a stop_gradient on the leaves the optimiser freezes (`param_labels`): their gradients are never
-    computed. The frozen upsampling's kernel gradient alone was a sixth of the reference step on XLA:CPU
-    (BENCHMARKS.md); torch's reference does not compute it either (requires_grad=False)."""
+    computed. The frozen upsampling's kernel gradient was the longest single op of the reference step in a profile
+    on XLA:CPU (BENCHMARKS.md); torch's reference does not compute it either (requires_grad=False)."""
     return jax.tree.map(lambda p, label: jax.lax.stop_gradient(p) if label == "frozen" else p, params,
                         param_labels(params, learnable_upsample))
 

@@ -73,7 +73,8 @@ def test_a_fresh_process_without_fcn_jax_gets_predicts_outputs_on_every_size(exp
     network = inference.load_network(weights)
     for key, batch in images.items():
         expected = np.asarray(forward({"params": params}, inference.normalize(batch, "caffe_bgr")))
-        np.testing.assert_allclose(outputs[f"{key}_logits"], expected, rtol=1e-5, atol=1e-5)
+        # symbolic sizes run fc6 as lax's convolution, predict on the CPU as im2col (conv_forms): other sum orders
+        np.testing.assert_allclose(outputs[f"{key}_logits"], expected, rtol=1e-5, atol=1e-4)
         masks = [mask for _, _, mask in inference.segment(network, enumerate(batch))]
         np.testing.assert_array_equal(outputs[f"{key}_masks"], np.stack(masks))
     if not saved_model:  # segment.py's PNG is predict's PNG

@@ -1,12 +1,9 @@
 """Tests for fcn_jax.models: geometry, parameter counts, initialisation, upsampling exactness."""
-import functools
-
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
 from fcn_jax import models
 
@@ -362,21 +359,3 @@ def test_cpu_matmul_forms_equal_xlas_convolutions(geometry):
     assert float(jnp.abs(tap["backbone"]["conv1_1"]["kernel"]).max()) > 0  # a real gradient reached the first conv
     fast, xla = by_tap.apply({"params": params}, images), by_xla.apply({"params": params}, images)
     assert float(jnp.abs(fast - xla).max()) <= 1e-5 * float(jnp.abs(xla).max())
-
-
-@pytest.mark.parametrize("kernel, padding", [(7, ((0, 0), (0, 0))), (3, ((3, 1), (0, 2))), (1, ((0, 0), (0, 0)))])
-def test_im2col_conv_equals_lax_conv_and_its_gradients(kernel, padding):
-    rs = np.random.RandomState(1)
-    x = jnp.asarray(rs.randn(2, 11, 9, 5), jnp.float32)
-    w = jnp.asarray(rs.randn(kernel, kernel, 5, 6), jnp.float32)
-    conv = functools.partial(lax.conv_general_dilated, window_strides=(1, 1), padding=padding,
-                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    im2col = functools.partial(models.im2col_conv, window_strides=(1, 1), padding=padding,
-                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(im2col(x, w), conv(x, w), rtol=1e-5, atol=1e-4)
-    g = jnp.asarray(rs.randn(*conv(x, w).shape), jnp.float32)
-    for a, b in zip(jax.vjp(im2col, x, w)[1](g), jax.vjp(conv, x, w)[1](g)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
-    strided = models.im2col_conv(x, w, (2, 2), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_array_equal(strided, lax.conv_general_dilated(x, w, (2, 2), padding,
-                                                                    dimension_numbers=("NHWC", "HWIO", "NHWC")))

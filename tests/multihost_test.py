@@ -170,7 +170,7 @@ def test_checkpoint_of_two_processes_loads_as_params_in_this_process(runs, tmp_p
     for leaf_a, leaf_b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
         np.testing.assert_allclose(leaf_a, leaf_b, rtol=RTOL, atol=1e-6)
     final_b, final_c = checkpoints.load_params(str(runs["b"])), checkpoints.load_params(str(runs["c"]))
-    for leaf_c, leaf_b in zip(jax.tree.leaves(final_c), jax.tree.leaves(final_b)):
-        np.testing.assert_allclose(leaf_c, leaf_b, rtol=RTOL, atol=1e-6)
+    for leaf_c, leaf_b in zip(jax.tree.leaves(final_c), jax.tree.leaves(final_b)):  # 2 more steps on other devices:
+        np.testing.assert_allclose(leaf_c, leaf_b, rtol=RTOL, atol=1e-5)  # float noise of the reduction order
     moved = max(np.abs(x - y).max() for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(final_c)))
     assert moved > 1e-4  # C really trained on from A's step-N params
