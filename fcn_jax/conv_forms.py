@@ -37,17 +37,25 @@ def _cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilat
             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
 
 
+def _plain_and_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                       feature_group_count, precision, **kwargs):
+    """(lax.conv_general_dilated with these arguments, whether a matmul form covers this convolution)."""
+    plain = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+                              lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                              dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+                              precision=precision, **kwargs)
+    return plain, _cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count)
+
+
 def tap_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
              feature_group_count=1, precision=None, **kwargs):
     """lax.conv_general_dilated with the kernel gradient of `_tap_kernel_grad` (forward and input gradient are
     XLA's), on the CPU backend, where it was measured faster (BENCHMARKS.md); VGG16's stride-1 convolutions use it.
     Other backends and any other convolution get lax.conv_general_dilated unchanged."""
-    plain = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
-                              lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                              dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-                              precision=precision, **kwargs)
-    if not _cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                             feature_group_count):
+    plain, applies = _plain_and_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision, **kwargs)
+    if not applies:
         return plain(lhs, rhs)
 
     @jax.custom_vjp
@@ -73,12 +81,9 @@ def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
 
     For fc6 (7x7, 512 -> 4096 on a small map) XLA:CPU's convolution and its gradients run far below its matmul
     rate while the copies are small (BENCHMARKS.md); autodiff makes both gradients matmuls too."""
-    plain = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
-                              lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                              dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-                              precision=precision, **kwargs)
-    if not (_cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                              feature_group_count) and all(isinstance(d, int) for d in lhs.shape)):
+    plain, applies = _plain_and_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision, **kwargs)
+    if not (applies and all(isinstance(d, int) for d in lhs.shape)):
         return plain(lhs, rhs)  # also for symbolic shapes (jax.export): their slices and reshapes are not static
     (kh, kw, cin, cout), n = rhs.shape, lhs.shape[0]
     xp = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
