@@ -13,6 +13,7 @@ import time
 
 import flax
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
@@ -121,10 +122,10 @@ def ratios(stats: dict, name: str, baseline: str) -> dict:
             "per_round_median": round(statistics.median(per_round), 3)}
 
 
-def matmul_rate(size: int = 4096, reps: int = 5) -> float:
-    """GFLOP/s of one fp32 size x size matmul under XLA (median of reps): the yardstick for "how close to this
-    machine's limit" (a convolution at this rate is at matmul speed)."""
-    a = jax.device_put(np.random.default_rng(0).standard_normal((size, size), np.float32))
+def matmul_rate(size: int = 4096, reps: int = 5, dtype=jnp.float32) -> float:
+    """GFLOP/s of one size x size matmul under XLA (median of reps; fp32 unless dtype says): the yardstick for
+    "how close to this machine's limit" (a convolution at this rate is at matmul speed)."""
+    a = jax.device_put(np.random.default_rng(0).standard_normal((size, size), np.float32).astype(dtype))
     matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()
     times = []
@@ -158,6 +159,41 @@ def compiled_flops(compiled) -> float | None:
         cost = cost[0] if cost else {}
     flops = (cost or {}).get("flops")
     return float(flops) if flops else None
+
+
+def jaxpr_flops(fn, *args) -> float:
+    """FLOPs (2 per multiply-add) of the convolutions and matmuls of fn(*args) as traced, before any backend
+    rewrites them: the model FLOPs of MFU, the same on every backend (XLA's cost analysis of a GPU executable
+    does not count the cuDNN calls its convolutions become). A scan counts its length times, a cond its
+    costliest branch."""
+    return 2.0 * _jaxpr_macs(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _jaxpr_macs(jaxpr) -> float:
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name, out = eqn.primitive.name, eqn.outvars[0].aval.shape
+        if name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape
+            out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+            total += np.prod(out, dtype=np.float64) * np.prod(rhs, dtype=np.float64) / out_features
+        elif name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += np.prod(out, dtype=np.float64) * np.prod([lhs[d] for d in lhs_contract], dtype=np.float64)
+        subs = [_jaxpr_macs(getattr(v, "jaxpr", v)) for v in _sub_jaxprs(eqn.params)]
+        if name == "cond":
+            total += max(subs, default=0.0)
+        else:
+            total += sum(subs) * (eqn.params["length"] if name == "scan" else 1)
+    return total
+
+
+def _sub_jaxprs(params: dict):
+    for value in params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+                yield item
 
 
 def machine_info() -> dict:

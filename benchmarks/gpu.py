@@ -6,12 +6,15 @@ memory and MFU against the card's dense bf16 peak; writes JSON and a markdown ta
 Runs where only jax (CUDA), flax, optax, orbax-checkpoint, numpy and torch (CUDA) are installed: it imports
 fcn_jax.models, fcn_jax.step and benchmarks.torch_fcn, never TensorFlow, tensorflow-datasets or ml_collections.
 Cases (in this order, the goal's first; the rest are skipped, and listed as skipped, once --budget_s is spent):
-training step and inference, bf16 then fp32, 512x512 ("same" geometry) then 500x500 (caffe geometry, pad 100), at
-batch 16, 8, 1. Each side: the same random weights; fcn_jax jitted (the training step is step.train_step with the
+batch 16, 8, 1, each bf16 then fp32, each the training step then inference, 512x512 ("same" geometry) then 500x500
+(caffe geometry, pad 100). The report is rewritten after every case, so a run cut short keeps what it measured. Each side: the same random weights; fcn_jax jitted (the training step is step.train_step with the
 reference's SGD momentum 0.99 and summed loss, donated state); torch channels_last with cudnn.benchmark, bf16
 through torch.autocast, the same SGD; each timed call runs --iters steps and synchronises (block_until_ready,
 torch.cuda.synchronize). Calls alternate for --reps rounds after a warm-up. Outputs are compared before timing
-(relative error recorded; TF32 and bf16 make GPU outputs differ more than on the CPU).
+(relative error recorded; TF32 and bf16 make GPU outputs differ more than on the CPU). MFU counts the model's
+FLOPs (the convolutions and matmuls of the traced program, common.jaxpr_flops) against the datasheet peak; the measured rate of a bf16
+matmul on the same card is recorded beside it. --profile DIR writes, for the first --profile_cases cases, a jax
+profiler trace (perfetto JSON) and torch's per-kernel table, to say where the time goes.
 
 On the CPU the same script is the smoke test (tests/gpu_benchmark_test.py): --width 1/32 --sizes 64 ...
 """
@@ -85,7 +88,7 @@ def jax_case(kind: str, model, params, inputs: dict, config, iters: int):
                 holder["args"] = (state, *holder["args"][1:])
         return jax.block_until_ready(out)
 
-    return run, compile_s, common.compiled_flops(compiled), device_bytes
+    return run, compile_s, common.jaxpr_flops(fn, *args), device_bytes
 
 
 def torch_case(kind: str, variant: str, geometry: str, dtype: str, width: float, params, inputs: dict, iters: int):
@@ -130,7 +133,7 @@ def torch_case(kind: str, variant: str, geometry: str, dtype: str, width: float,
     return run, device
 
 
-def run_case(kind, size, batch, dtype, args, frameworks) -> dict:
+def run_case(kind, size, batch, dtype, args, frameworks, profile_prefix=None, profile_torch=False) -> dict:
     geometry, variant = GEOMETRY_OF_SIZE.get(size, "same"), "fcn8s"
     model = models.create_model(variant, geometry=geometry, width=args.width,
                                 dtype={"bf16": jnp.bfloat16, "fp32": jnp.float32}[dtype])
@@ -157,7 +160,9 @@ def run_case(kind, size, batch, dtype, args, frameworks) -> dict:
     stats = common.interleaved(fns, warmup=1, reps=args.reps)
     device = jax.devices()[0]
     memory = device.memory_stats() or {}
-    row["jax_process_peak_bytes"] = memory.get("peak_bytes_in_use")
+    row["jax_peak_bytes_so_far"] = memory.get("peak_bytes_in_use")  # the process's peak over all cases until now
+    if profile_prefix:
+        row["profile"] = profile(fns, profile_prefix, with_torch=profile_torch)
     peak = peak_tflops(device.device_kind)
     for name, s in stats.items():
         per_call = s["median_s"] / args.iters
@@ -173,8 +178,49 @@ def run_case(kind, size, batch, dtype, args, frameworks) -> dict:
     return row
 
 
+def profile(fns: dict, prefix: str, with_torch: bool) -> dict:
+    """One more call of each side under its profiler: jax's trace as <prefix>jax_trace.json.gz (perfetto) and,
+    with_torch, torch's per-kernel table as <prefix>torch_kernels.txt. Returns the files written, or the error:
+    profiling must not lose the measurements. torch's profiler keeps CUPTI subscribed once it has run, and jax's
+    tracer then fails (CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED, seen on an H200), so only the last
+    profiled case takes torch's table."""
+    import glob
+    import shutil
+    import tempfile
+
+    written = {}
+    try:
+        trace_dir = tempfile.mkdtemp()
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            fns["fcn_jax"]()
+        found = glob.glob(os.path.join(trace_dir, "**/*.trace.json.gz"), recursive=True)
+        if found:
+            written["jax"] = shutil.copy(found[0], prefix + "jax_trace.json.gz")
+    except Exception as error:  # noqa: BLE001
+        written["jax_error"] = f"{type(error).__name__}: {str(error)[:300]}"
+    if with_torch and "torch" in fns:
+        try:
+            import torch
+
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            with torch.profiler.profile(activities=activities) as prof:
+                fns["torch"]()
+            sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            with open(prefix + "torch_kernels.txt", "w") as f:
+                f.write(prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=90))
+            written["torch"] = prefix + "torch_kernels.txt"
+        except Exception as error:  # noqa: BLE001
+            written["torch_error"] = f"{type(error).__name__}: {str(error)[:300]}"
+    return written
+
+
 def markdown(report: dict) -> str:
+    ceiling = report.get("measured_bf16_matmul_tflops")
     lines = [f"# fcn_jax vs torch on {report['device']} ({report['versions']})", "",
+             f"MFU against the datasheet's dense bf16 peak, {report['peak_bf16_tflops']} TFLOP/s"
+             + (f"; a bf16 matmul measured {ceiling} TFLOP/s here" if ceiling else ""), "",
              "| step | size | batch | dtype | fcn_jax img/s | torch img/s | fcn_jax / torch | fcn_jax MFU | compile s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["cases"]:
@@ -199,6 +245,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--iters", type=int, default=5, help="calls per timed measurement")
     parser.add_argument("--frameworks", nargs="+", default=["fcn_jax", "torch"], choices=("fcn_jax", "torch"))
     parser.add_argument("--budget_s", type=float, default=240.0, help="no new case starts after this many seconds")
+    parser.add_argument("--matmul_size", type=int, default=8192, help="n of the n x n x n bf16 matmul timed as the "
+                        "card's measured ceiling (0: skip)")
+    parser.add_argument("--profile", default="", help="folder for the first cases' jax traces and torch kernel "
+                        "tables")
+    parser.add_argument("--profile_cases", type=int, default=1, help="how many of the first cases --profile covers")
     parser.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "gpu.json"))
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -210,14 +261,23 @@ def main(argv=None) -> dict:
         versions.update(torch=torch.__version__, cuda=torch.version.cuda)
     report = {"device": device.device_kind, "peak_bf16_tflops": peak_tflops(device.device_kind),
               "versions": versions, "args": vars(args), "cases": [], "skipped": []}
-    cases = [(k, s, b, d) for k in args.kinds for d in args.dtypes for s in args.sizes for b in args.batches]
-    for kind, size, batch, dtype in cases:
+    if args.matmul_size:
+        report["measured_bf16_matmul_tflops"] = round(
+            common.matmul_rate(args.matmul_size, reps=10, dtype=jnp.bfloat16) / 1e3, 1)
+        print(f"bf16 {args.matmul_size}^3 matmul: {report['measured_bf16_matmul_tflops']} TFLOP/s", flush=True)
+    cases = [(k, s, b, d) for b in args.batches for d in args.dtypes for k in args.kinds for s in args.sizes]
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    for index, (kind, size, batch, dtype) in enumerate(cases):
         name = f"{kind} {size} b{batch} {dtype}"
         if time.perf_counter() - start > args.budget_s:
             report["skipped"].append(name)
             continue
         try:
-            row = run_case(kind, size, batch, dtype, args, args.frameworks)
+            prefix = os.path.join(args.profile, f"{kind}{size}b{batch}{dtype}_")
+            row = run_case(kind, size, batch, dtype, args, args.frameworks,
+                           profile_prefix=prefix if args.profile and index < args.profile_cases else None,
+                           profile_torch=index == args.profile_cases - 1)
         except Exception as error:  # noqa: BLE001 - one failing case (e.g. out of memory) must not lose the others
             row = {"kind": kind, "size": size, "batch": batch, "dtype": dtype, "error": f"{type(error).__name__}: "
                    f"{str(error)[:300]}"}
@@ -225,14 +285,30 @@ def main(argv=None) -> dict:
         else:
             print(f"{name}: " + json.dumps({n: s["images_per_s"] for n, s in row["stats"].items()}), flush=True)
         report["cases"].append(row)
+        release_torch_memory(args.frameworks)
+        write(report, args.out, start)
+    print(write(report, args.out, start))
+    return report
+
+
+def release_torch_memory(frameworks):
+    """Hand torch's cached blocks back between cases, so the next case's jax side finds the card free."""
+    if "torch" in frameworks:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def write(report: dict, out: str, start: float) -> str:
+    """The JSON and the markdown table of the cases so far; returns the table."""
     report["wall_s"] = round(time.perf_counter() - start, 1)
     report["median_compile_s"] = statistics.median([r["jax_compile_s"] for r in report["cases"] if "stats" in r] or [0])
-    common.write_report("gpu", report, args.out)
+    common.write_report("gpu", report, out)
     table = markdown({**report, "cases": [r for r in report["cases"] if "stats" in r]})
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
         f.write(table)
-    print(table)
-    return report
+    return table
 
 
 if __name__ == "__main__":

@@ -29,13 +29,25 @@ def confusion_matrix(predictions, labels, num_classes: int,
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     k = num_classes
-    # int32 first: uint8 labels would overflow in gt * K.
-    gt = jnp.ravel(labels).astype(jnp.int32)
-    pred = jnp.ravel(predictions).astype(jnp.int32)
-    valid = (gt != ignore_label) & (gt >= 0) & (gt < k) & (pred >= 0) & (pred < k)
+    gt, pred, valid = _counted(predictions, labels, k, ignore_label)
     ids = jnp.where(valid, gt * k + pred, k * k)
     counts = jnp.bincount(ids, length=k * k + 1)[: k * k]
     return counts.reshape(k, k).astype(jnp.int32)
+
+
+def _counted(predictions, labels, k: int, ignore_label: int):
+    """Flat int32 labels and predictions (int32 first: uint8 labels would overflow in gt * K) and the mask of the
+    pixels a confusion matrix counts."""
+    gt = jnp.ravel(labels).astype(jnp.int32)
+    pred = jnp.ravel(predictions).astype(jnp.int32)
+    return gt, pred, (gt != ignore_label) & (gt >= 0) & (gt < k) & (pred >= 0) & (pred < k)
+
+
+def pixel_accuracy(predictions, labels, num_classes: int, ignore_label: int = IGNORE_LABEL) -> jax.Array:
+    """trace / sum of `confusion_matrix` (0 where no pixel counts), as two sums: no scatter, which on a GPU
+    costs atomics on K * K bins for every pixel of the batch."""
+    gt, pred, valid = _counted(predictions, labels, num_classes, ignore_label)
+    return jnp.sum(valid & (gt == pred)) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def _nanmean(x: np.ndarray) -> float:

@@ -163,10 +163,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_reduction
     # in place instead of keeping old and new copies alive (benchmarks/train_step.py, BENCHMARKS.md).
     new_state = jax.lax.cond(finite, update, lambda s: s, state)
     first_logits, first_labels = losses.split_heads(logits, batch["label"], head_classes)[0]
-    confusion = metrics.confusion_matrix(jnp.argmax(first_logits, -1), first_labels, head_classes[0])
     return new_state, {
         "loss": loss,
         "finite": finite,
         "num_valid": num_valid,
-        "pixel_acc": jnp.trace(confusion) / jnp.maximum(confusion.sum(), 1),
+        "pixel_acc": metrics.pixel_accuracy(jnp.argmax(first_logits, -1), first_labels, head_classes[0]),
     }

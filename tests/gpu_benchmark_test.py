@@ -35,7 +35,7 @@ def test_the_gpu_benchmark_runs_without_tensorflow_or_ml_collections(frameworks,
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(out.read_text())
     assert [(c["kind"], c["dtype"]) for c in report["cases"]] == [
-        ("train", "bf16"), ("train", "fp32"), ("inference", "bf16"), ("inference", "fp32")]
+        ("train", "bf16"), ("inference", "bf16"), ("train", "fp32"), ("inference", "fp32")]
     for case in report["cases"]:
         assert "error" not in case, case
         assert set(case["stats"]) == set(frameworks)
@@ -46,3 +46,23 @@ def test_the_gpu_benchmark_runs_without_tensorflow_or_ml_collections(frameworks,
         assert fp32["relative_error"] < 1e-4
     table = (tmp_path / "gpu.md").read_text().splitlines()
     assert sum(line.startswith("| train") or line.startswith("| inference") for line in table) == 4
+
+
+def test_jaxpr_flops_counts_the_reference_181_5_gmac_and_scans_and_conds():
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import common
+    from fcn_jax import models
+
+    model = models.FCN8s(geometry="caffe")
+    images = jax.ShapeDtypeStruct((1, 500, 500, 3), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+    flops = common.jaxpr_flops(lambda p, x: model.apply({"params": p}, x), params, images)
+    assert round(flops / 2e9, 1) == 181.5  # design.md: FCN-8s, caffe geometry, 500x500
+
+    a, b = jnp.ones((3, 4, 5)), jnp.ones((5, 6))
+    per_dot = 2 * 4 * 5 * 6
+    assert common.jaxpr_flops(lambda a, b: jax.lax.map(lambda x: x @ b, a), a, b) == 3 * per_dot
+    branches = lambda a, b: jax.lax.cond(a.sum() > 0, lambda: (a[0] @ b) @ b.T, lambda: a[0] @ jnp.ones((5, 5)))
+    assert common.jaxpr_flops(branches, a, b) == per_dot + 2 * 4 * 6 * 5

@@ -130,6 +130,18 @@ def test_confusion_matrix_matches_numpy_reference_random():
     np.testing.assert_array_equal(np.asarray(conf), _numpy_confusion(pred, gt, 21))
 
 
+def test_pixel_accuracy_is_the_confusion_matrix_trace_over_its_sum():
+    rng = np.random.default_rng(5)
+    gt = rng.integers(0, 24, (3, 13, 7)).astype(np.int32)  # 21, 22, 23 are >= K: not counted
+    gt[rng.random(gt.shape) < 0.2] = 255
+    pred = np.where(rng.random(gt.shape) < 0.6, gt, rng.integers(0, 21, gt.shape)).astype(np.int32)
+    hist = _numpy_confusion(pred, gt, 21)
+    accuracy = jax.jit(metrics.pixel_accuracy, static_argnums=(2,))(pred, gt, 21)
+    assert 0.5 < float(accuracy) < 0.9
+    np.testing.assert_allclose(float(accuracy), np.trace(hist) / hist.sum(), rtol=1e-6)
+    assert float(metrics.pixel_accuracy(pred, np.full_like(gt, 255), 21)) == 0.0  # nothing counted
+
+
 def test_confusion_matrices_accumulate_over_batches_and_devices():
     devices = jax.devices()
     assert len(devices) == 8, "tests/conftest.py should provide 8 fake CPU devices"

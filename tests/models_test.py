@@ -284,6 +284,37 @@ def test_dropout_only_in_training():
         no_dropout.apply({"params": params}, images, train=True), eval_out)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 7, 5, 3), (1, 8, 6, 4), (1, 1, 1, 2), (2, 9, 4, 3)])
+def test_max_pool_ceil_equals_flax_max_pool_in_values_and_gradients(shape, dtype):
+    """Odd sizes (ceil mode) and ties (zeros after a ReLU, rounded values): the gradient goes to the first
+    maximum of each window, as nn.max_pool's select-and-scatter gradient does."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.normal(size=shape)
+    x = jax.nn.relu(jnp.asarray(np.where(rng.random(shape) < 0.5, np.round(x), x), dtype))
+    padding = ((0, shape[1] % 2), (0, shape[2] % 2))
+    y_ref, vjp_ref = jax.vjp(lambda v: flax.linen.max_pool(v, (2, 2), (2, 2), padding), x)
+    y, vjp = jax.vjp(models.max_pool_ceil, x)
+    g = jnp.asarray(rng.normal(size=y_ref.shape), dtype)
+    assert y.shape == y_ref.shape == (shape[0], -(-shape[1] // 2), -(-shape[2] // 2), shape[3])
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
+    (dx_ref,), (dx,) = vjp_ref(g), jax.jit(vjp)(g)
+    assert np.count_nonzero(np.asarray(dx_ref, np.float32)) > 0
+    np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(dx_ref, np.float32))
+
+
+def test_training_gradient_has_no_select_and_scatter():
+    """VGG16's pools differentiate elementwise: no select-and-scatter (run twice and scattered with atomics)."""
+    model = models.FCN8s(geometry="caffe", width=WIDTH)
+    images = jnp.zeros((1, 33, 31, 3))
+    params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+    grad = jax.grad(lambda p: model.apply({"params": p}, images).sum())
+    jaxpr = str(jax.make_jaxpr(grad)(params))
+    assert "select_and_scatter" not in jaxpr and "reduce_window" not in jaxpr
+    assert "reduce_max" in jaxpr
+
+
 def test_is_upsample_param():
     params = jax.eval_shape(models.FCN8s().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     flat = flax.traverse_util.flatten_dict(params["params"])
