@@ -263,7 +263,7 @@ def main(argv=None) -> dict:
               "versions": versions, "args": vars(args), "cases": [], "skipped": []}
     if args.matmul_size:
         report["measured_bf16_matmul_tflops"] = round(
-            common.matmul_rate(args.matmul_size, reps=10, dtype=jnp.bfloat16) / 1e3, 1)
+            common.matmul_rate(args.matmul_size, reps=10, dtype=jnp.bfloat16) / 1e3, 3)
         print(f"bf16 {args.matmul_size}^3 matmul: {report['measured_bf16_matmul_tflops']} TFLOP/s", flush=True)
     cases = [(k, s, b, d) for b in args.batches for d in args.dtypes for k in args.kinds for s in args.sizes]
     if args.profile:

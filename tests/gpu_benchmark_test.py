@@ -30,10 +30,11 @@ def test_the_gpu_benchmark_runs_without_tensorflow_or_ml_collections(frameworks,
     env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""}
     completed = subprocess.run(
         [sys.executable, "-c", SCRIPT, "--width", "0.03125", "--sizes", "64", "--batches", "2", "--reps", "2",
-         "--iters", "1", "--frameworks", *frameworks, "--out", str(out)],
+         "--iters", "1", "--matmul_size", "256", "--frameworks", *frameworks, "--out", str(out)],
         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(out.read_text())
+    assert report["measured_bf16_matmul_tflops"] > 0 and report["skipped"] == []
     assert [(c["kind"], c["dtype"]) for c in report["cases"]] == [
         ("train", "bf16"), ("inference", "bf16"), ("train", "fp32"), ("inference", "fp32")]
     for case in report["cases"]:
