@@ -174,6 +174,25 @@ def _crop(x, offset: int, size):
     return x[:, offset:offset + size[0], offset:offset + size[1]]
 
 
+@jax.custom_vjp
+def relu(x):
+    """max(x, 0) with jax.nn.relu's values and gradients (0 at x <= 0 and at NaN), taken from the output: backprop
+    keeps the output, which the next convolution or pool keeps anyway, instead of a mask of x > 0 of its own."""
+    return jnp.maximum(x, 0)
+
+
+def _relu_forward(x):
+    y = relu(x)
+    return y, y
+
+
+def _relu_backward(y, g):
+    return (jnp.where(y > 0, g, 0),)
+
+
+relu.defvjp(_relu_forward, _relu_backward)
+
+
 def _pool_windows(x):
     """(N, H, W, C) -> (N, ceil(H/2), 2, ceil(W/2), 2, C): the 2x2/2 windows, odd sizes padded by -inf at the
     bottom/right (Caffe's ceil mode)."""
@@ -263,10 +282,10 @@ class VGG16(nn.Module):
         x, feats = images.astype(self.dtype), {}
         for block, layers in enumerate(VGG16_BLOCKS, start=1):
             for name, channels in layers:
-                x = nn.relu(conv(name, channels, 3, pads.get(name, 1))(x))
+                x = relu(conv(name, channels, 3, pads.get(name, 1))(x))
             x = feats[f"pool{block}"] = max_pool_ceil(x)
         for name, k, p in (("fc6", 7, pads["fc6"]), ("fc7", 1, 0)):
-            x = nn.relu(conv(name, FC_CHANNELS, k, p)(x))
+            x = relu(conv(name, FC_CHANNELS, k, p)(x))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return dict(pool3=feats["pool3"], pool4=feats["pool4"], fc7=x)
 

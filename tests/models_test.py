@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 
 from fcn_jax import models
 
@@ -302,6 +303,20 @@ def test_max_pool_ceil_equals_flax_max_pool_in_values_and_gradients(shape, dtype
     (dx_ref,), (dx,) = vjp_ref(g), jax.jit(vjp)(g)
     assert np.count_nonzero(np.asarray(dx_ref, np.float32)) > 0
     np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(dx_ref, np.float32))
+
+
+def test_relu_equals_jax_relu_in_values_and_gradients_and_keeps_only_its_output(capsys):
+    x = jnp.asarray([-2.0, -0.0, 0.0, 1e-30, 3.0, jnp.nan, -jnp.inf, jnp.inf])
+    g = jnp.arange(1.0, 9.0)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        (y, vjp), (y_ref, vjp_ref) = jax.vjp(models.relu, x.astype(dtype)), jax.vjp(jax.nn.relu, x.astype(dtype))
+        np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
+        np.testing.assert_array_equal(np.asarray(vjp(g.astype(dtype))[0], np.float32),
+                                      np.asarray(vjp_ref(g.astype(dtype))[0], np.float32))
+    capsys.readouterr()
+    print_saved_residuals(lambda v: models.relu(v * 2).sum(), x)
+    saved = [line.split()[0] for line in capsys.readouterr().out.splitlines() if "from a literal" not in line]
+    assert saved == ["f32[8]"]  # the output alone: no bool mask, no zeros (jax.nn.relu keeps both)
 
 
 def test_training_gradient_has_no_select_and_scatter():
