@@ -1,20 +1,24 @@
 """fcn_jax against the same torch FCN-8s on one GPU: inference and training-step images/s, compile time, peak device
 memory and MFU against the card's dense bf16 peak; writes JSON and a markdown table.
 
-    python -m benchmarks.gpu --out $OUT/gpu.json        # on the GPU machine: about 4 minutes, --budget_s bounds it
+    python -m benchmarks.gpu --out $OUT/gpu.json        # on the GPU machine; no case starts after --budget_s (240)
+
+On an H200 a full-size case takes about a minute (XLA's autotuned compile of 2-60 s, torch's cudnn.benchmark first
+call of up to 20 s, the timed rounds), so the default budget covers the first four or five cases.
 
 Runs where only jax (CUDA), flax, optax, orbax-checkpoint, numpy and torch (CUDA) are installed: it imports
 fcn_jax.models, fcn_jax.step and benchmarks.torch_fcn, never TensorFlow, tensorflow-datasets or ml_collections.
 Cases (in this order, the goal's first; the rest are skipped, and listed as skipped, once --budget_s is spent):
-batch 16, 8, 1, each bf16 then fp32, each the training step then inference, 512x512 ("same" geometry) then 500x500
-(caffe geometry, pad 100). The report is rewritten after every case, so a run cut short keeps what it measured. Each side: the same random weights; fcn_jax jitted (the training step is step.train_step with the
+batch 16, 8, 1, each bf16 then fp32, each the training step then inference, 512x512 ("same" geometry) then
+500x500 (caffe geometry, pad 100). The report is rewritten after every case, so a run cut short keeps what it
+measured. Each side: the same random weights; fcn_jax jitted (the training step is step.train_step with the
 reference's SGD momentum 0.99 and summed loss, donated state); torch channels_last with cudnn.benchmark, bf16
 through torch.autocast, the same SGD; each timed call runs --iters steps and synchronises (block_until_ready,
 torch.cuda.synchronize). Calls alternate for --reps rounds after a warm-up. Outputs are compared before timing
-(relative error recorded; TF32 and bf16 make GPU outputs differ more than on the CPU). MFU counts the model's
-FLOPs (the convolutions and matmuls of the traced program, common.jaxpr_flops) against the datasheet peak; the measured rate of a bf16
-matmul on the same card is recorded beside it. --profile DIR writes, for the first --profile_cases cases, a jax
-profiler trace (perfetto JSON) and torch's per-kernel table, to say where the time goes.
+(relative error recorded; TF32 and bf16 make GPU outputs differ more than on the CPU). MFU counts the model's FLOPs
+(the convolutions and matmuls of the traced program, common.jaxpr_flops) against the datasheet peak; the measured
+rate of a bf16 matmul on the same card is recorded beside it. --profile DIR writes, for the first --profile_cases
+cases, a jax profiler trace (perfetto JSON) and torch's per-kernel table, to say where the time goes.
 
 On the CPU the same script is the smoke test (tests/gpu_benchmark_test.py): --width 1/32 --sizes 64 ...
 """
