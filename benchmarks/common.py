@@ -163,23 +163,25 @@ def compiled_flops(compiled) -> float | None:
 
 def jaxpr_flops(fn, *args) -> float:
     """FLOPs (2 per multiply-add) of the convolutions and matmuls of fn(*args) as traced, before any backend
-    rewrites them: the model FLOPs of MFU, the same on every backend (XLA's cost analysis of a GPU executable
-    does not count the cuDNN calls its convolutions become). A scan counts its length times, a cond its
-    costliest branch."""
+    rewrites them: the model FLOPs of MFU (XLA's cost analysis of a GPU executable does not count the cuDNN calls
+    its convolutions become). A scan counts its length times, a cond its costliest branch, a while loop once; an
+    input-dilated convolution (the input gradient of a strided one) counts only its products with real inputs;
+    the CPU's matmul forms (conv_forms) and the sub-pixel upsampling count the padding they multiply too."""
     return 2.0 * _jaxpr_macs(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def _jaxpr_macs(jaxpr) -> float:
     total = 0.0
     for eqn in jaxpr.eqns:
-        name, out = eqn.primitive.name, eqn.outvars[0].aval.shape
+        name = eqn.primitive.name
         if name == "conv_general_dilated":
-            rhs = eqn.invars[1].aval.shape
+            out, rhs = eqn.outvars[0].aval.shape, eqn.invars[1].aval.shape
             out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
-            total += np.prod(out, dtype=np.float64) * np.prod(rhs, dtype=np.float64) / out_features
+            zeros = np.prod(eqn.params["lhs_dilation"] or 1, dtype=np.float64)  # the inserted zeros do no work
+            total += np.prod(out, dtype=np.float64) * np.prod(rhs, dtype=np.float64) / out_features / zeros
         elif name == "dot_general":
             (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
+            out, lhs = eqn.outvars[0].aval.shape, eqn.invars[0].aval.shape
             total += np.prod(out, dtype=np.float64) * np.prod([lhs[d] for d in lhs_contract], dtype=np.float64)
         subs = [_jaxpr_macs(getattr(v, "jaxpr", v)) for v in _sub_jaxprs(eqn.params)]
         if name == "cond":

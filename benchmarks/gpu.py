@@ -18,7 +18,7 @@ torch.cuda.synchronize). Calls alternate for --reps rounds after a warm-up. Outp
 (relative error recorded; TF32 and bf16 make GPU outputs differ more than on the CPU). MFU counts the model's FLOPs
 (the convolutions and matmuls of the traced program, common.jaxpr_flops) against the datasheet peak; the measured
 rate of a bf16 matmul on the same card is recorded beside it. --profile DIR writes, for the first --profile_cases
-cases, a jax profiler trace (perfetto JSON) and torch's per-kernel table, to say where the time goes.
+cases, a jax profiler trace (Chrome trace JSON) and torch's per-kernel table, to say where the time goes.
 
 On the CPU the same script is the smoke test (tests/gpu_benchmark_test.py): --width 1/32 --sizes 64 ...
 """
@@ -63,7 +63,7 @@ def make_inputs(batch: int, size: int, seed: int = 2) -> dict:
 
 
 def jax_case(kind: str, model, params, inputs: dict, config, iters: int):
-    """(blocking fn running `iters` calls, compile seconds, FLOPs of one call, bytes of the executable, output)."""
+    """(blocking fn running `iters` calls, compile seconds, FLOPs of one call, bytes of the executable)."""
     batch = jax.device_put(inputs)
     if kind == "inference":
         fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
@@ -183,9 +183,9 @@ def run_case(kind, size, batch, dtype, args, frameworks, profile_prefix=None, pr
 
 
 def profile(fns: dict, prefix: str, with_torch: bool) -> dict:
-    """One more call of each side under its profiler: jax's trace as <prefix>jax_trace.json.gz (perfetto) and,
-    with_torch, torch's per-kernel table as <prefix>torch_kernels.txt. Returns the files written, or the error:
-    profiling must not lose the measurements. torch's profiler keeps CUPTI subscribed once it has run, and jax's
+    """One more call of each side under its profiler: jax's trace as <prefix>jax_trace.json.gz (Chrome trace
+    events: one per kernel, with the jax op that launched it) and, with_torch, torch's per-kernel table as
+    <prefix>torch_kernels.txt. Returns the files written, or the error: profiling must not lose the measurements. torch's profiler keeps CUPTI subscribed once it has run, and jax's
     tracer then fails (CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED, seen on an H200), so only the last
     profiled case takes torch's table."""
     import glob
@@ -194,12 +194,12 @@ def profile(fns: dict, prefix: str, with_torch: bool) -> dict:
 
     written = {}
     try:
-        trace_dir = tempfile.mkdtemp()
-        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-            fns["fcn_jax"]()
-        found = glob.glob(os.path.join(trace_dir, "**/*.trace.json.gz"), recursive=True)
-        if found:
-            written["jax"] = shutil.copy(found[0], prefix + "jax_trace.json.gz")
+        with tempfile.TemporaryDirectory() as trace_dir:
+            with jax.profiler.trace(trace_dir):
+                fns["fcn_jax"]()
+            found = glob.glob(os.path.join(trace_dir, "**/*.trace.json.gz"), recursive=True)
+            if found:
+                written["jax"] = shutil.copy(found[0], prefix + "jax_trace.json.gz")
     except Exception as error:  # noqa: BLE001
         written["jax_error"] = f"{type(error).__name__}: {str(error)[:300]}"
     if with_torch and "torch" in fns:
@@ -269,7 +269,7 @@ def main(argv=None) -> dict:
         report["measured_bf16_matmul_tflops"] = round(
             common.matmul_rate(args.matmul_size, reps=10, dtype=jnp.bfloat16) / 1e3, 3)
         print(f"bf16 {args.matmul_size}^3 matmul: {report['measured_bf16_matmul_tflops']} TFLOP/s", flush=True)
-    cases = [(k, s, b, d) for b in args.batches for d in args.dtypes for k in args.kinds for s in args.sizes]
+    cases = case_order(args.kinds, args.sizes, args.batches, args.dtypes)
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     for index, (kind, size, batch, dtype) in enumerate(cases):
@@ -293,6 +293,11 @@ def main(argv=None) -> dict:
         write(report, args.out, start)
     print(write(report, args.out, start))
     return report
+
+
+def case_order(kinds, sizes, batches, dtypes) -> list[tuple]:
+    """(kind, size, batch, dtype) in the order they run: by batch, then dtype, kind and size, as given."""
+    return [(k, s, b, d) for b in batches for d in dtypes for k in kinds for s in sizes]
 
 
 def release_torch_memory(frameworks):

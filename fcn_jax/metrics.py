@@ -24,10 +24,6 @@ def confusion_matrix(predictions, labels, num_classes: int,
     out of range). A float32 one-hot matmul would be slower on CPU and exact only
     below 2**24 counts per cell.
     """
-    if predictions.shape != labels.shape:
-        raise ValueError(f"predictions shape {predictions.shape} != labels shape {labels.shape}")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     k = num_classes
     gt, pred, valid = _counted(predictions, labels, k, ignore_label)
     ids = jnp.where(valid, gt * k + pred, k * k)
@@ -38,6 +34,10 @@ def confusion_matrix(predictions, labels, num_classes: int,
 def _counted(predictions, labels, k: int, ignore_label: int):
     """Flat int32 labels and predictions (int32 first: uint8 labels would overflow in gt * K) and the mask of the
     pixels a confusion matrix counts."""
+    if predictions.shape != labels.shape:
+        raise ValueError(f"predictions shape {predictions.shape} != labels shape {labels.shape}")
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"num_classes must be a positive int, got {k!r}")
     gt = jnp.ravel(labels).astype(jnp.int32)
     pred = jnp.ravel(predictions).astype(jnp.int32)
     return gt, pred, (gt != ignore_label) & (gt >= 0) & (gt < k) & (pred >= 0) & (pred < k)

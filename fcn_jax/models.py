@@ -23,12 +23,11 @@ from fractions import Fraction
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fcn_jax import conv_forms, resnet
+from fcn_jax import conv_forms, resnet, vgg_layers
 
 VGG_VARIANTS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
 VARIANTS = VGG_VARIANTS + tuple(resnet.DEPTHS)  # the backbone is part of the variant: VGG16 or a dilated ResNet
@@ -174,68 +173,6 @@ def _crop(x, offset: int, size):
     return x[:, offset:offset + size[0], offset:offset + size[1]]
 
 
-@jax.custom_vjp
-def relu(x):
-    """max(x, 0) with jax.nn.relu's values and gradients (0 at x <= 0 and at NaN), taken from the output: backprop
-    keeps the output, which the next convolution or pool keeps anyway, instead of a mask of x > 0 of its own."""
-    return jnp.maximum(x, 0)
-
-
-def _relu_forward(x):
-    y = relu(x)
-    return y, y
-
-
-def _relu_backward(y, g):
-    return (jnp.where(y > 0, g, 0),)
-
-
-relu.defvjp(_relu_forward, _relu_backward)
-
-
-def _pool_windows(x):
-    """(N, H, W, C) -> (N, ceil(H/2), 2, ceil(W/2), 2, C): the 2x2/2 windows, odd sizes padded by -inf at the
-    bottom/right (Caffe's ceil mode)."""
-    n, h, w, c = x.shape
-    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
-    return x.reshape(n, (h + 1) // 2, 2, (w + 1) // 2, 2, c)
-
-
-@jax.custom_vjp
-def max_pool_ceil(x):
-    """2x2/2 max pool rounding the output size up (Caffe ceil mode), as a reshape and a max.
-
-    Its gradient goes to the first maximum of each window in row-major order, as Caffe's, torch's and XLA's
-    select-and-scatter do, but as one elementwise pass: the select-and-scatter form (nn.max_pool's gradient) ran
-    the forward pool twice and scattered with atomics, about a fifth of the training step on a GPU (BENCHMARKS.md).
-    """
-    return _pool_windows(x).max(axis=(2, 4))
-
-
-def _max_pool_forward(x):
-    y = max_pool_ceil(x)
-    return y, (x, y)  # both kept anyway: x by the conv before, y by the conv after
-
-
-def _max_pool_backward(residuals, g):
-    x, y = residuals
-    windows = _pool_windows(x)
-    n, h, w, c = x.shape
-    hits = windows == y[:, :, None, :, None]  # (N, h, 2, w, 2, C)
-    taken, parts = jnp.zeros_like(hits[:, :, 0, :, 0]), []
-    for a in (0, 1):
-        for b in (0, 1):
-            first = hits[:, :, a, :, b] & ~taken
-            taken = taken | first
-            parts.append(jnp.where(first, g, 0).astype(x.dtype))
-    dx = jnp.stack(parts, axis=3).reshape(n, h // 2 + h % 2, w // 2 + w % 2, 2, 2, c)
-    dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(n, h + h % 2, w + w % 2, c)
-    return (dx[:, :h, :w],)
-
-
-max_pool_ceil.defvjp(_max_pool_forward, _max_pool_backward)
-
-
 class Upsample(nn.Module):
     """Learnable upsampling: transposed conv, no bias, bilinear-initialised (k, k, K, K) kernel.
 
@@ -282,10 +219,10 @@ class VGG16(nn.Module):
         x, feats = images.astype(self.dtype), {}
         for block, layers in enumerate(VGG16_BLOCKS, start=1):
             for name, channels in layers:
-                x = relu(conv(name, channels, 3, pads.get(name, 1))(x))
-            x = feats[f"pool{block}"] = max_pool_ceil(x)
+                x = vgg_layers.relu(conv(name, channels, 3, pads.get(name, 1))(x))
+            x = feats[f"pool{block}"] = vgg_layers.max_pool_ceil(x)
         for name, k, p in (("fc6", 7, pads["fc6"]), ("fc7", 1, 0)):
-            x = relu(conv(name, FC_CHANNELS, k, p)(x))
+            x = vgg_layers.relu(conv(name, FC_CHANNELS, k, p)(x))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return dict(pool3=feats["pool3"], pool4=feats["pool4"], fc7=x)
 

@@ -30,7 +30,7 @@ def test_the_gpu_benchmark_runs_without_tensorflow_or_ml_collections(frameworks,
     env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""}
     completed = subprocess.run(
         [sys.executable, "-c", SCRIPT, "--width", "0.03125", "--sizes", "64", "--batches", "2", "--reps", "2",
-         "--iters", "1", "--matmul_size", "256", "--frameworks", *frameworks, "--out", str(out)],
+         "--iters", "1", "--matmul_size", "256", "--budget_s", "1e9", "--frameworks", *frameworks, "--out", str(out)],
         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -47,6 +47,15 @@ def test_the_gpu_benchmark_runs_without_tensorflow_or_ml_collections(frameworks,
         assert fp32["relative_error"] < 1e-4
     table = (tmp_path / "gpu.md").read_text().splitlines()
     assert sum(line.startswith("| train") or line.startswith("| inference") for line in table) == 4
+
+
+def test_cases_run_by_batch_then_dtype_kind_and_size():
+    from benchmarks import gpu
+
+    assert gpu.case_order(["train", "inference"], [512, 500], [16, 1], ["bf16", "fp32"])[:5] == [
+        ("train", 512, 16, "bf16"), ("train", 500, 16, "bf16"), ("inference", 512, 16, "bf16"),
+        ("inference", 500, 16, "bf16"), ("train", 512, 16, "fp32")]
+    assert gpu.case_order(["train"], [512], [16, 1], ["bf16"]) == [("train", 512, 16, "bf16"), ("train", 512, 1, "bf16")]
 
 
 def test_jaxpr_flops_counts_the_reference_181_5_gmac_and_scans_and_conds():
@@ -67,3 +76,11 @@ def test_jaxpr_flops_counts_the_reference_181_5_gmac_and_scans_and_conds():
     assert common.jaxpr_flops(lambda a, b: jax.lax.map(lambda x: x @ b, a), a, b) == 3 * per_dot
     branches = lambda a, b: jax.lax.cond(a.sum() > 0, lambda: (a[0] @ b) @ b.T, lambda: a[0] @ jnp.ones((5, 5)))
     assert common.jaxpr_flops(branches, a, b) == per_dot + 2 * 4 * 6 * 5
+    assert common.jaxpr_flops(lambda a, b: (jax.debug.print("{}", a.sum()), a[0] @ b)[1], a, b) == per_dot
+
+    x, kernel = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 5))
+    conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    forward = common.jaxpr_flops(conv, x, kernel)
+    assert forward == 2 * 4 * 4 * 5 * 3 * 3 * 4
+    # the input gradient of a stride-2 conv (input-dilated by 2) costs what its forward costs, not 4x that
+    assert common.jaxpr_flops(lambda x, k: jax.grad(lambda x_: conv(x_, k).sum())(x), x, kernel) == 2 * forward
