@@ -185,9 +185,10 @@ def run_case(kind, size, batch, dtype, args, frameworks, profile_prefix=None, pr
 def profile(fns: dict, prefix: str, with_torch: bool) -> dict:
     """One more call of each side under its profiler: jax's trace as <prefix>jax_trace.json.gz (Chrome trace
     events: one per kernel, with the jax op that launched it) and, with_torch, torch's per-kernel table as
-    <prefix>torch_kernels.txt. Returns the files written, or the error: profiling must not lose the measurements. torch's profiler keeps CUPTI subscribed once it has run, and jax's
-    tracer then fails (CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED, seen on an H200), so only the last
-    profiled case takes torch's table."""
+    <prefix>torch_kernels.txt. Returns the files written, or the error: profiling must not lose the measurements.
+    torch's profiler keeps CUPTI subscribed once it has run, and jax's tracer then fails
+    (CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED, seen on an H200), so only the last profiled case takes
+    torch's table."""
     import glob
     import shutil
     import tempfile
