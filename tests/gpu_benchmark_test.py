@@ -55,7 +55,8 @@ def test_cases_run_by_batch_then_dtype_kind_and_size():
     assert gpu.case_order(["train", "inference"], [512, 500], [16, 1], ["bf16", "fp32"])[:5] == [
         ("train", 512, 16, "bf16"), ("train", 500, 16, "bf16"), ("inference", 512, 16, "bf16"),
         ("inference", 500, 16, "bf16"), ("train", 512, 16, "fp32")]
-    assert gpu.case_order(["train"], [512], [16, 1], ["bf16"]) == [("train", 512, 16, "bf16"), ("train", 512, 1, "bf16")]
+    assert gpu.case_order(["train"], [512], [16, 1], ["bf16"]) == [
+        ("train", 512, 16, "bf16"), ("train", 512, 1, "bf16")]
 
 
 def test_jaxpr_flops_counts_the_reference_181_5_gmac_and_scans_and_conds():
