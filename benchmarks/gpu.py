@@ -7,7 +7,8 @@ On an H200 a full-size case takes about a minute (XLA's autotuned compile of 2-6
 call of up to 20 s, the timed rounds), so the default budget covers the first four or five cases.
 
 Runs where only jax (CUDA), flax, optax, orbax-checkpoint, numpy and torch (CUDA) are installed: it imports
-fcn_jax.models, fcn_jax.step and benchmarks.torch_fcn, never TensorFlow, tensorflow-datasets or ml_collections.
+fcn_jax.models, fcn_jax.step, fcn_jax.xla_options and benchmarks.torch_fcn, never TensorFlow, tensorflow-datasets
+or ml_collections.
 Cases (in this order, the goal's first; the rest are skipped, and listed as skipped, once --budget_s is spent):
 batch 16, 8, 1, each bf16 then fp32, each the training step then inference, 512x512 ("same" geometry) then
 500x500 (caffe geometry, pad 100). The report is rewritten after every case, so a run cut short keeps what it
@@ -37,7 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from fcn_jax import models, step  # noqa: E402
+from fcn_jax import models, step, xla_options  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L4": 121.0}  # dense, datasheets
 GEOMETRY_OF_SIZE = {512: "same", 500: "caffe"}
@@ -72,7 +73,8 @@ def jax_case(kind: str, model, params, inputs: dict, config, iters: int):
         state = step.TrainState.create(apply_fn=model.apply, params=jax.device_put(params),
                                        tx=step.create_optimizer(config, params))
         fn = jax.jit(functools.partial(step.train_step, loss_reduction="sum", num_classes=21,
-                                       learnable_upsample=config.model.learnable_upsample), donate_argnums=(0,))
+                                       learnable_upsample=config.model.learnable_upsample), donate_argnums=(0,),
+                     compiler_options=xla_options.training())
         args = (state, batch, jax.random.PRNGKey(0))
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()

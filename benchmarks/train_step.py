@@ -1,6 +1,6 @@
 """Training step images/s: fcn_jax's train_step vs a torch forward+backward+SGD step of the same net.
 
-fcn_jax: `train.train_step` jitted as train.py does it (state donated), optimiser from
+fcn_jax: `train.train_step` jitted as loop.py does it (state donated, xla_options.training), optimiser from
 `train.create_optimizer` with the experiment's config (reference: SGD momentum 0.99, weight decay
 5e-4 on kernels, biases at 2x lr, frozen bilinear upsampling, loss summed over pixels).
 torch: TorchFCN in train mode, torch.optim.SGD with the same groups, summed cross entropy with
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from benchmarks import common
 from benchmarks.torch_fcn import FORMATS, TorchFCN, load_fcn_jax_params
 from experiments import base
-from fcn_jax import models, train
+from fcn_jax import models, train, xla_options
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # (variant, geometry, crop size, batch, dtype, reps): the reference recipe is 500x500 batch 1.
@@ -62,7 +62,8 @@ def jax_step(config, params, batch, model=None):
                              num_classes=config.model.num_classes, learnable_upsample=config.model.learnable_upsample)
     batch, rng = jax.device_put(batch), jax.random.PRNGKey(0)
     start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch, rng).compile()
+    compiled = jax.jit(step, donate_argnums=(0,), compiler_options=xla_options.training()).lower(
+        state, batch, rng).compile()
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 import jax
 
-from fcn_jax import artifacts, checkpoints, inference, parallel
+from fcn_jax import artifacts, checkpoints, inference, parallel, xla_options
 
 # Config keys a workdir may resume under with another value: how long to train and how often to log, evaluate
 # and checkpoint; nothing else, so a resumed run never mixes two models or recipes.
@@ -116,11 +116,13 @@ def _check_writable(directory: str) -> None:
 
 
 def compile_step(job: Job, state: Any, rng: jax.Array):
-    """The step compiled once, state donated (updated in place), outputs replicated."""
+    """The step compiled once, state donated (updated in place), outputs replicated, with the mesh's platform's
+    training options (xla_options)."""
     replicated = parallel.replicated(job.mesh)
     start = time.time()
-    compiled = jax.jit(job.step_fn, out_shardings=(replicated, replicated), donate_argnums=(0,)).lower(
-        state, job.abstract_batch, rng).compile()
+    options = xla_options.training(job.mesh.devices.flat[0].platform)
+    compiled = jax.jit(job.step_fn, out_shardings=(replicated, replicated), donate_argnums=(0,),
+                       compiler_options=options).lower(state, job.abstract_batch, rng).compile()
     logging.info("compiled the train step once in %.1fs (1 train compilation)", time.time() - start)
     return compiled
 

@@ -161,3 +161,17 @@ def test_an_unwritable_checkpoint_folder_fails_before_the_job_is_built(tmp_path)
 
     with pytest.raises(artifacts.WorkdirError, match=r"cannot write checkpoints to .*checkpoints: "):
         loop.run(config(), str(tmp_path), cadence(), fail)
+
+
+def test_the_step_is_compiled_with_the_training_options_of_the_meshs_platform(monkeypatch):
+    platforms = []
+
+    def options(platform):
+        platforms.append(platform)
+        return {"xla_cpu_scheduler_type": "NOT_A_SCHEDULER"}  # rejected by XLA: proves the options reach the compile
+
+    monkeypatch.setattr(loop.xla_options, "training", options)
+    job = toy_job()
+    with pytest.raises(Exception, match="not a valid enum value"):
+        loop.compile_step(job, job.state, job.rng)
+    assert platforms == ["cpu"]
