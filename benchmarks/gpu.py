@@ -67,14 +67,15 @@ def jax_case(kind: str, model, params, inputs: dict, config, iters: int):
     """(blocking fn running `iters` calls, compile seconds, FLOPs of one call, bytes of the executable)."""
     batch = jax.device_put(inputs)
     if kind == "inference":
-        fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
+        body = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+        fn = jax.jit(body)
         args = (jax.device_put(params), batch["image"])
     else:
         state = step.TrainState.create(apply_fn=model.apply, params=jax.device_put(params),
                                        tx=step.create_optimizer(config, params))
-        fn = jax.jit(functools.partial(step.train_step, loss_reduction="sum", num_classes=21,
-                                       learnable_upsample=config.model.learnable_upsample), donate_argnums=(0,),
-                     compiler_options=xla_options.training())
+        body = functools.partial(step.train_step, loss_reduction="sum", num_classes=21,
+                                 learnable_upsample=config.model.learnable_upsample)
+        fn = jax.jit(body, donate_argnums=(0,), compiler_options=xla_options.training())
         args = (state, batch, jax.random.PRNGKey(0))
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()
@@ -94,7 +95,7 @@ def jax_case(kind: str, model, params, inputs: dict, config, iters: int):
                 holder["args"] = (state, *holder["args"][1:])
         return jax.block_until_ready(out)
 
-    return run, compile_s, common.jaxpr_flops(fn, *args), device_bytes
+    return run, compile_s, common.jaxpr_flops(body, *args), device_bytes  # body: a jit with options cannot nest
 
 
 def torch_case(kind: str, variant: str, geometry: str, dtype: str, width: float, params, inputs: dict, iters: int):

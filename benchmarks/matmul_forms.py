@@ -3,13 +3,15 @@ matmul per tap, conv_forms.tap_conv; fc6 as one im2col matmul, conv_forms.im2col
 upsampling) against fcn_jax with XLA's own convolutions everywhere, with torch's step as the yardstick; writes JSON.
 
 The reference recipe's step (benchmarks/train_step.py: SGD momentum 0.99, summed loss, dropout 0.5, frozen
-upsampling); the same weights and batch for all three; calls alternate for --reps rounds after a warm-up.
+upsampling); the same weights and batch for all three; calls alternate for --reps rounds after a warm-up. Both
+inference forwards (benchmarks/inference.py) of the same batch alternate with them, so each side's step splits
+into its forward and the rest (backward and update): `split` in the JSON.
 
   python -m benchmarks.matmul_forms [--cases caffe:320:1 caffe:500:1 same:256:8] [--reps 5]
 """
 import argparse
 
-from benchmarks import common, train_step
+from benchmarks import common, inference, train_step
 from benchmarks.torch_fcn import FORMATS
 from benchmarks.train_step import make_batch, make_config, torch_step
 from fcn_jax import models
@@ -30,12 +32,27 @@ def run_case(geometry: str, size: int, batch_size: int, reps: int, matmul_gflops
     fns["fcn_jax"], compile_s["fcn_jax"], flops = jax_step(config, params, batch, True)
     fns["fcn_jax_xla_convs"], compile_s["fcn_jax_xla_convs"], _ = jax_step(config, params, batch, False)
     fns["torch_channels_last"] = torch_step(config, params, batch, FORMATS["channels_last"])[0]
-    stats = common.interleaved(fns, warmup=1, reps=reps)
+    forwards = {"fcn_jax_forward": inference.jax_forward("fcn8s", geometry, "fp32", params, batch["image"])[0],
+                "torch_forward": inference.torch_forward("fcn8s", geometry, "fp32", params, batch["image"],
+                                                         FORMATS["channels_last"])}
+    stats = common.interleaved({**fns, **forwards}, warmup=1, reps=reps)
     return dict(geometry=geometry, size=size, batch=batch_size, reps=reps, jax_compile_s=compile_s,
                 matmul_forms_over_xla_convs=common.ratios(stats, "fcn_jax", "fcn_jax_xla_convs"),
                 xla_convs_over_torch=common.ratios(stats, "fcn_jax_xla_convs", "torch_channels_last"),
-                **common.compare_to_torch({k: v for k, v in stats.items() if k != "fcn_jax_xla_convs"}, batch_size,
+                split=split(stats),
+                **common.compare_to_torch({k: stats[k] for k in ("fcn_jax", "torch_channels_last")}, batch_size,
                                           flops, matmul_gflops), all_stats=stats)
+
+
+def split(stats: dict) -> dict:
+    """Each side's step as its forward plus the rest (median seconds; the rest is step minus forward, both medians),
+    and fcn_jax / torch for each part."""
+    parts = {}
+    for side, step_name in (("fcn_jax", "fcn_jax"), ("torch", "torch_channels_last")):
+        forward = stats[f"{side}_forward"]["median_s"]
+        parts[side] = {"forward_s": forward, "rest_s": round(stats[step_name]["median_s"] - forward, 4)}
+    return {**parts, "forward_ratio": round(parts["fcn_jax"]["forward_s"] / parts["torch"]["forward_s"], 3),
+            "rest_ratio": round(parts["fcn_jax"]["rest_s"] / parts["torch"]["rest_s"], 3)}
 
 
 def main(argv=None) -> None:
@@ -51,7 +68,7 @@ def main(argv=None) -> None:
         row = run_case(geometry, int(size), int(batch), args.reps, report["matmul_gflops_per_s"])
         report["results"].append(row)
         print(case, "forms/xla", row["matmul_forms_over_xla_convs"], "fcn_jax/torch", row["ratio_fcn_jax_over_torch"],
-              "xla/torch", row["xla_convs_over_torch"], flush=True)
+              "xla/torch", row["xla_convs_over_torch"], "split", row["split"], flush=True)
         common.write_report("matmul_forms", report, args.out)
 
 
