@@ -1,0 +1,80 @@
+"""A/B of XLA:CPU's instruction schedulers (fcn_jax/xla_options.py): FCN-8s fp32's training step (the reference
+recipe of benchmarks/train_step.py) and inference forward, each compiled with the default scheduler and with
+xla_options.CPU_TRAINING_OPTIONS; time, peak RSS rise and XLA's temp buffer of each; writes JSON.
+
+The same weights and batch for both; calls alternate for --reps rounds after a warm-up. Needs the bench venv
+(benchmarks.train_step imports torch), the CPU backend, and XLA_FLAGS without a scheduler of its own.
+
+  python -m benchmarks.scheduler [--train caffe:320:1 caffe:500:1 same:256:8] [--inference caffe:500:1 ...]
+"""
+import argparse
+import functools
+
+import jax
+
+from benchmarks import common, train_step
+from fcn_jax import models, step, xla_options
+
+VARIANTS = {"default": {}, "memory_optimised": xla_options.CPU_TRAINING_OPTIONS}
+
+
+def compiled_train(geometry: str, size: int, batch_size: int, options: dict):
+    config = train_step.make_config("fcn8s", geometry, "fp32")
+    batch = jax.device_put(train_step.make_batch(batch_size, size))
+    model = models.create_model("fcn8s", geometry=geometry, dropout_rate=config.model.dropout_rate)
+    params = jax.device_put(common.random_params(model, batch["image"].shape))
+    state = step.TrainState.create(apply_fn=model.apply, params=params, tx=step.create_optimizer(config, params))
+    fn = functools.partial(step.train_step, loss_reduction="sum", num_classes=21, learnable_upsample=False)
+    compiled = jax.jit(fn, donate_argnums=(0,), compiler_options=options).lower(
+        state, batch, jax.random.PRNGKey(0)).compile()
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], batch, jax.random.PRNGKey(0))
+        return jax.block_until_ready(metrics)
+
+    return run, compiled
+
+
+def compiled_inference(geometry: str, size: int, batch_size: int, options: dict):
+    model = models.create_model("fcn8s", geometry=geometry)
+    images = jax.device_put(common.random_images((batch_size, size, size, 3)))
+    params = jax.device_put(common.random_params(model, images.shape))
+    compiled = jax.jit(lambda p, x: model.apply({"params": p}, x), compiler_options=options).lower(
+        params, images).compile()
+    return (lambda: jax.block_until_ready(compiled(params, images))), compiled
+
+
+def run_case(kind: str, case: str, reps: int) -> dict:
+    geometry, size, batch = case.split(":")
+    build = compiled_train if kind == "train" else compiled_inference
+    fns, temp_mb = {}, {}
+    for name, options in VARIANTS.items():
+        fns[name], compiled = build(geometry, int(size), int(batch), options)
+        temp_mb[name] = round(compiled.memory_analysis().temp_size_in_bytes / 2 ** 20, 1)
+    stats = common.interleaved(fns, warmup=1, reps=reps)
+    return dict(kind=kind, geometry=geometry, size=int(size), batch=int(batch), reps=reps, temp_mb=temp_mb,
+                memory_optimised_over_default=common.ratios(stats, "memory_optimised", "default"), stats=stats)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", nargs="*", default=["caffe:320:1", "caffe:500:1", "same:256:8"])
+    parser.add_argument("--inference", nargs="*", default=["caffe:500:1", "same:224:1", "same:224:8"])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    report = {"benchmark": "scheduler", **common.machine_info(), "options": xla_options.CPU_TRAINING_OPTIONS,
+              "results": []}
+    for kind, cases in (("train", args.train), ("inference", args.inference)):
+        for case in cases:
+            row = run_case(kind, case, args.reps)
+            report["results"].append(row)
+            print(kind, case, "temp MB", row["temp_mb"], "time memory_optimised/default",
+                  row["memory_optimised_over_default"], "RSS rise MB",
+                  {k: v["peak_rss_rise_mb"] for k, v in row["stats"].items()}, flush=True)
+            common.write_report("scheduler", report, args.out)
+
+
+if __name__ == "__main__":
+    main()
