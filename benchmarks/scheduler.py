@@ -1,11 +1,13 @@
-"""A/B of XLA:CPU's instruction schedulers (fcn_jax/xla_options.py): FCN-8s fp32's training step (the reference
-recipe of benchmarks/train_step.py) and inference forward, each compiled with the default scheduler and with
-xla_options.CPU_TRAINING_OPTIONS; time, peak RSS rise and XLA's temp buffer of each; writes JSON.
+"""A/B of XLA:CPU's instruction schedulers (fcn_jax/xla_options.py): an fp32 FCN's training step (the reference
+recipe of benchmarks/train_step.py: SGD momentum 0.99, summed loss, dropout 0.5; FCN-8s unless --variant) and
+inference forward, each compiled with the default scheduler and with xla_options.CPU_TRAINING_OPTIONS; time, peak
+RSS rise and XLA's temp buffer of each; writes JSON.
 
 The same weights and batch for both; calls alternate for --reps rounds after a warm-up. Needs the bench venv
 (benchmarks.train_step imports torch), the CPU backend, and XLA_FLAGS without a scheduler of its own.
 
   python -m benchmarks.scheduler [--train caffe:320:1 caffe:500:1 same:256:8] [--inference caffe:500:1 ...]
+                                 [--variant fcn8s|fcn_resnet50|...] (a ResNet ignores the geometry)
 """
 import argparse
 import functools
@@ -15,16 +17,17 @@ import jax
 from benchmarks import common, train_step
 from fcn_jax import models, step, xla_options
 
-VARIANTS = {"default": {}, "memory_optimised": xla_options.CPU_TRAINING_OPTIONS}
+SCHEDULERS = {"default": {}, "memory_optimised": xla_options.CPU_TRAINING_OPTIONS}
 
 
-def compiled_train(geometry: str, size: int, batch_size: int, options: dict):
-    config = train_step.make_config("fcn8s", geometry, "fp32")
+def compiled_train(variant: str, geometry: str, size: int, batch_size: int, options: dict):
+    config = train_step.make_config(variant, geometry, "fp32")
     batch = jax.device_put(train_step.make_batch(batch_size, size))
-    model = models.create_model("fcn8s", geometry=geometry, dropout_rate=config.model.dropout_rate)
+    model = models.create_model(variant, geometry=geometry, dropout_rate=config.model.dropout_rate)
     params = jax.device_put(common.random_params(model, batch["image"].shape))
     state = step.TrainState.create(apply_fn=model.apply, params=params, tx=step.create_optimizer(config, params))
-    fn = functools.partial(step.train_step, loss_reduction="sum", num_classes=21, learnable_upsample=False)
+    fn = functools.partial(step.train_step, loss_reduction="sum", num_classes=21, learnable_upsample=False,
+                           aux_loss_weight=config.aux_loss_weight)
     compiled = jax.jit(fn, donate_argnums=(0,), compiler_options=options).lower(
         state, batch, jax.random.PRNGKey(0)).compile()
     holder = {"state": state}
@@ -36,8 +39,8 @@ def compiled_train(geometry: str, size: int, batch_size: int, options: dict):
     return run, compiled
 
 
-def compiled_inference(geometry: str, size: int, batch_size: int, options: dict):
-    model = models.create_model("fcn8s", geometry=geometry)
+def compiled_inference(variant: str, geometry: str, size: int, batch_size: int, options: dict):
+    model = models.create_model(variant, geometry=geometry)
     images = jax.device_put(common.random_images((batch_size, size, size, 3)))
     params = jax.device_put(common.random_params(model, images.shape))
     compiled = jax.jit(lambda p, x: model.apply({"params": p}, x), compiler_options=options).lower(
@@ -45,15 +48,16 @@ def compiled_inference(geometry: str, size: int, batch_size: int, options: dict)
     return (lambda: jax.block_until_ready(compiled(params, images))), compiled
 
 
-def run_case(kind: str, case: str, reps: int) -> dict:
+def run_case(variant: str, kind: str, case: str, reps: int) -> dict:
     geometry, size, batch = case.split(":")
     build = compiled_train if kind == "train" else compiled_inference
     fns, temp_mb = {}, {}
-    for name, options in VARIANTS.items():
-        fns[name], compiled = build(geometry, int(size), int(batch), options)
+    for name, options in SCHEDULERS.items():
+        fns[name], compiled = build(variant, geometry, int(size), int(batch), options)
         temp_mb[name] = round(compiled.memory_analysis().temp_size_in_bytes / 2 ** 20, 1)
     stats = common.interleaved(fns, warmup=1, reps=reps)
-    return dict(kind=kind, geometry=geometry, size=int(size), batch=int(batch), reps=reps, temp_mb=temp_mb,
+    return dict(variant=variant, kind=kind, geometry=geometry, size=int(size), batch=int(batch), reps=reps,
+                temp_mb=temp_mb,
                 memory_optimised_over_default=common.ratios(stats, "memory_optimised", "default"), stats=stats)
 
 
@@ -61,6 +65,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", nargs="*", default=["caffe:320:1", "caffe:500:1", "same:256:8"])
     parser.add_argument("--inference", nargs="*", default=["caffe:500:1", "same:224:1", "same:224:8"])
+    parser.add_argument("--variant", default="fcn8s")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -68,9 +73,9 @@ def main(argv=None) -> None:
               "results": []}
     for kind, cases in (("train", args.train), ("inference", args.inference)):
         for case in cases:
-            row = run_case(kind, case, args.reps)
+            row = run_case(args.variant, kind, case, args.reps)
             report["results"].append(row)
-            print(kind, case, "temp MB", row["temp_mb"], "time memory_optimised/default",
+            print(args.variant, kind, case, "temp MB", row["temp_mb"], "time memory_optimised/default",
                   row["memory_optimised_over_default"], "RSS rise MB",
                   {k: v["peak_rss_rise_mb"] for k, v in row["stats"].items()}, flush=True)
             common.write_report("scheduler", report, args.out)

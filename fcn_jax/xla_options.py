@@ -4,8 +4,9 @@ XLA:CPU's default scheduler (concurrency-optimised) starts independent work as e
 training step that is the padded copies of the conv inputs for the per-tap kernel gradients (conv_forms.tap_conv):
 scheduled during the forward, they sit beside every other residual at the backward's peak. The memory-optimised
 scheduler computes them where the backward needs them. The step's values are the same bit for bit; its peak host
-memory and its time fell in every case measured, all on the project's small 2-core machine, while inference did not
-change, so inference keeps the default (BENCHMARKS.md). `XLA_FLAGS=--xla_cpu_scheduler_type=...` overrides it.
+memory fell in every case measured (VGG16 and ResNet FCNs, on the project's small 2-core machine), VGG16's step
+time too, a ResNet's stayed level; inference did not change, so it keeps the default (BENCHMARKS.md).
+`XLA_FLAGS=--xla_cpu_scheduler_type=...` overrides it.
 """
 import functools
 import logging

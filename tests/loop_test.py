@@ -167,9 +167,11 @@ def test_the_step_is_compiled_with_the_training_options_of_the_meshs_platform(mo
     platforms, received = [], []
     real_jit = jax.jit
 
+    memory_scheduler = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
     def options(platform):
         platforms.append(platform)
-        return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+        return dict(memory_scheduler)
 
     def jit(fn, **kwargs):
         received.append(kwargs.get("compiler_options"))
@@ -179,4 +181,4 @@ def test_the_step_is_compiled_with_the_training_options_of_the_meshs_platform(mo
     monkeypatch.setattr(loop.jax, "jit", jit)
     job = toy_job()
     loop.compile_step(job, job.state, job.rng)
-    assert platforms == ["cpu"] and received == [options("cpu")]
+    assert platforms == ["cpu"] and received == [memory_scheduler]
