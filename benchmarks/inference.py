@@ -52,14 +52,16 @@ QUICK_CASES = (
 )
 
 
-def jax_forward(variant, geometry, dtype, params, images):
-    """(blocking forward fn, compile seconds, FLOPs) of the jitted fcn_jax forward pass."""
+def jax_forward(variant, geometry, dtype, params, images, compiler_options=None):
+    """(blocking forward fn, compile seconds, FLOPs, the compiled forward) of the jitted fcn_jax forward pass."""
     model = models.create_model(variant, geometry=geometry, dtype=JAX_DTYPES[dtype])
     params, images = jax.device_put(params), jax.device_put(images)
     start = time.perf_counter()
-    compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, images).compile()
+    compiled = jax.jit(lambda p, x: model.apply({"params": p}, x), compiler_options=compiler_options).lower(
+        params, images).compile()
     compile_s = time.perf_counter() - start
-    return (lambda: jax.block_until_ready(compiled(params, images))), compile_s, common.compiled_flops(compiled)
+    return (lambda: jax.block_until_ready(compiled(params, images))), compile_s, common.compiled_flops(compiled), \
+        compiled
 
 
 def torch_forward(variant, geometry, dtype, params, images, memory_format):
@@ -79,7 +81,7 @@ def run_case(variant, geometry, size, batch, dtype, reps, formats, matmul_gflops
     images = common.random_images((batch, size, size, 3))
     params = common.random_params(models.create_model(variant, geometry=geometry), images.shape)
     fns = {}
-    fns["fcn_jax"], compile_s, flops = jax_forward(variant, geometry, dtype, params, images)
+    fns["fcn_jax"], compile_s, flops = jax_forward(variant, geometry, dtype, params, images)[:3]
     for name in formats:
         fns[f"torch_{name}"] = torch_forward(variant, geometry, dtype, params, images, FORMATS[name])
     reference = np.asarray(fns["fcn_jax"]())  # first calls: equality check and warm-up

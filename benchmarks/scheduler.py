@@ -10,50 +10,32 @@ The same weights and batch for both; calls alternate for --reps rounds after a w
                                  [--variant fcn8s|fcn_resnet50|...] (a ResNet ignores the geometry)
 """
 import argparse
-import functools
 
-import jax
-
-from benchmarks import common, train_step
-from fcn_jax import models, step, xla_options
+from benchmarks import common, inference, train_step
+from fcn_jax import models, xla_options
 
 SCHEDULERS = {"default": {}, "memory_optimised": xla_options.CPU_TRAINING_OPTIONS}
 
 
-def compiled_train(variant: str, geometry: str, size: int, batch_size: int, options: dict):
-    config = train_step.make_config(variant, geometry, "fp32")
-    batch = jax.device_put(train_step.make_batch(batch_size, size))
-    model = models.create_model(variant, geometry=geometry, dropout_rate=config.model.dropout_rate)
-    params = jax.device_put(common.random_params(model, batch["image"].shape))
-    state = step.TrainState.create(apply_fn=model.apply, params=params, tx=step.create_optimizer(config, params))
-    fn = functools.partial(step.train_step, loss_reduction="sum", num_classes=21, learnable_upsample=False,
-                           aux_loss_weight=config.aux_loss_weight)
-    compiled = jax.jit(fn, donate_argnums=(0,), compiler_options=options).lower(
-        state, batch, jax.random.PRNGKey(0)).compile()
-    holder = {"state": state}
-
-    def run():
-        holder["state"], metrics = compiled(holder["state"], batch, jax.random.PRNGKey(0))
-        return jax.block_until_ready(metrics)
-
+def compiled_step(kind: str, variant: str, geometry: str, size: int, batch_size: int, options: dict):
+    """(blocking fn, compiled executable) of the training step (benchmarks.train_step.jax_step) or the inference
+    forward (benchmarks.inference.jax_forward), compiled with `options`."""
+    if kind == "train":
+        config, batch = train_step.make_config(variant, geometry, "fp32"), train_step.make_batch(batch_size, size)
+        params = common.random_params(models.create_model(variant, geometry=geometry), batch["image"].shape)
+        run, _, _, _, compiled = train_step.jax_step(config, params, batch, compiler_options=options)
+        return run, compiled
+    images = common.random_images((batch_size, size, size, 3))
+    params = common.random_params(models.create_model(variant, geometry=geometry), images.shape)
+    run, _, _, compiled = inference.jax_forward(variant, geometry, "fp32", params, images, compiler_options=options)
     return run, compiled
-
-
-def compiled_inference(variant: str, geometry: str, size: int, batch_size: int, options: dict):
-    model = models.create_model(variant, geometry=geometry)
-    images = jax.device_put(common.random_images((batch_size, size, size, 3)))
-    params = jax.device_put(common.random_params(model, images.shape))
-    compiled = jax.jit(lambda p, x: model.apply({"params": p}, x), compiler_options=options).lower(
-        params, images).compile()
-    return (lambda: jax.block_until_ready(compiled(params, images))), compiled
 
 
 def run_case(variant: str, kind: str, case: str, reps: int) -> dict:
     geometry, size, batch = case.split(":")
-    build = compiled_train if kind == "train" else compiled_inference
     fns, temp_mb = {}, {}
     for name, options in SCHEDULERS.items():
-        fns[name], compiled = build(variant, geometry, int(size), int(batch), options)
+        fns[name], compiled = compiled_step(kind, variant, geometry, int(size), int(batch), options)
         temp_mb[name] = round(compiled.memory_analysis().temp_size_in_bytes / 2 ** 20, 1)
     stats = common.interleaved(fns, warmup=1, reps=reps)
     return dict(variant=variant, kind=kind, geometry=geometry, size=int(size), batch=int(batch), reps=reps,

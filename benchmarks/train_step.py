@@ -52,9 +52,9 @@ def make_batch(batch, size, num_classes=21, seed=2):
     return {"image": common.random_images((batch, size, size, 3), seed), "label": labels}
 
 
-def jax_step(config, params, batch, model=None):
-    """(blocking step fn, compile seconds, FLOPs, fn returning the current params as numpy); `model` defaults to
-    config.model's."""
+def jax_step(config, params, batch, model=None, compiler_options=None):
+    """(blocking step fn, compile seconds, FLOPs, fn returning the current params as numpy, the compiled step);
+    `model` defaults to config.model's, `compiler_options` to xla_options.training()'s."""
     model = train.create_model(config.model) if model is None else model
     state = train.TrainState.create(apply_fn=model.apply, params=jax.device_put(params),
                                     tx=train.create_optimizer(config, params))
@@ -62,8 +62,8 @@ def jax_step(config, params, batch, model=None):
                              num_classes=config.model.num_classes, learnable_upsample=config.model.learnable_upsample)
     batch, rng = jax.device_put(batch), jax.random.PRNGKey(0)
     start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0,), compiler_options=xla_options.training()).lower(
-        state, batch, rng).compile()
+    options = xla_options.training() if compiler_options is None else compiler_options
+    compiled = jax.jit(step, donate_argnums=(0,), compiler_options=options).lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
@@ -71,7 +71,7 @@ def jax_step(config, params, batch, model=None):
         holder["state"], metrics = compiled(holder["state"], batch, rng)
         return jax.block_until_ready(metrics)
 
-    return run, compile_s, common.compiled_flops(compiled), lambda: jax.device_get(holder["state"].params)
+    return run, compile_s, common.compiled_flops(compiled), lambda: jax.device_get(holder["state"].params), compiled
 
 
 def torch_step(config, params, batch, memory_format):
@@ -111,7 +111,7 @@ def check_equal_steps(variant, geometry, width=1 / 16, size=64, steps=2) -> floa
     batch = make_batch(1, size)
     params = common.random_params(models.create_model(variant, geometry=geometry, width=width),
                                   batch["image"].shape)
-    jax_run, _, _, jax_params = jax_step(config, params, batch)
+    jax_run, _, _, jax_params, _ = jax_step(config, params, batch)
     torch_run, torch_model = torch_step(config, params, batch, torch.contiguous_format)
     for _ in range(steps):
         jax_run(), torch_run()
@@ -129,7 +129,7 @@ def run_case(variant, geometry, size, batch_size, dtype, reps, formats):
     batch = make_batch(batch_size, size)
     params = common.random_params(models.create_model(variant, geometry=geometry), batch["image"].shape)
     fns = {}
-    fns["fcn_jax"], compile_s, flops, _ = jax_step(config, params, batch)
+    fns["fcn_jax"], compile_s, flops = jax_step(config, params, batch)[:3]
     for name in formats:
         fns[f"torch_{name}"] = torch_step(config, params, batch, FORMATS[name])[0]
     stats = common.interleaved(fns, warmup=1, reps=reps)
