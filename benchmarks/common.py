@@ -17,7 +17,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax import models
+from fcn_jax.models import layers, zoo
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
@@ -43,9 +43,9 @@ def random_params(model, image_shape, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
 
     def leaf(path, x):
-        if models.is_upsample_param(path):
+        if zoo.is_upsample_param(path):
             noise = rng.normal(size=x.shape) * 0.01
-            return (models.bilinear_kernel(x.shape[0], x.shape[2]) + noise).astype(np.float32)
+            return (layers.bilinear_kernel(x.shape[0], x.shape[2]) + noise).astype(np.float32)
         fan_in = np.prod(x.shape[:-1]) if len(x.shape) > 1 else 1
         scale = np.sqrt(2 / fan_in) if path[-1] == "kernel" else 0.01
         return (rng.normal(size=x.shape) * scale).astype(np.float32)

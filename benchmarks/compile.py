@@ -1,9 +1,9 @@
 """Compile time and number of compilations: param init, a short training run, evaluation shapes.
 
   init       create_train_state's jitted model.init at full width (FCN-8s caffe, 500x500) under
-             each PRNG implementation: threefry (jax.random.PRNGKey), rbg (train.init_key),
+             each PRNG implementation: threefry (jax.random.PRNGKey), rbg (step_module.init_key),
              unsafe_rbg; compile and run seconds.
-  short_run  train.train_and_evaluate on the demo config (synthetic data, width 1/8) for a few
+  short_run  job.train_and_evaluate on the demo config (synthetic data, width 1/8) for a few
              steps with one evaluation; every XLA backend compilation is counted by function name
              (jax.monitoring), so recompilations would show.
   eval       eval_step compile seconds at full width per padded eval shape: train.py compiles
@@ -23,7 +23,9 @@ import jax.numpy as jnp
 
 from benchmarks import common
 from experiments import demo
-from fcn_jax import inference, models, train
+from fcn_jax.infer import steps
+from fcn_jax.models import zoo
+from fcn_jax.train import job
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _compiles = []  # (function name, seconds) of every backend compilation in this process
@@ -42,7 +44,7 @@ def _count_since(start: int) -> dict:
 
 def bench_init(image_shape=(1, 500, 500, 3)) -> dict:
     """Compile and run seconds of the jitted full-width model.init under each PRNG implementation."""
-    model = models.create_model("fcn8s")
+    model = zoo.create_model("fcn8s")
     images = jnp.zeros(image_shape, jnp.float32)
     out = {}
     for impl in ("threefry2x32", "rbg", "unsafe_rbg"):
@@ -76,7 +78,7 @@ def bench_short_run(num_steps: int = 4) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             config.data.manual_dir, config.data.data_dir = f"{tmp}/voc", f"{tmp}/tfds"
             start_count, start = len(_compiles), time.perf_counter()
-            train.train_and_evaluate(config, f"{tmp}/work")
+            job.train_and_evaluate(config, f"{tmp}/work")
             wall_s = time.perf_counter() - start
     finally:
         root.removeHandler(handler)
@@ -92,8 +94,8 @@ def bench_short_run(num_steps: int = 4) -> dict:
 
 def bench_eval_shapes(shapes=((500, 500), (512, 512), (375, 500))) -> dict:
     """Full-width FCN-8s caffe eval_step compile seconds per padded (H, W), batch 1."""
-    model = models.create_model("fcn8s")
-    step = jax.jit(functools.partial(inference.eval_step, apply_fn=model.apply, heads=(("", 21),)))
+    model = zoo.create_model("fcn8s")
+    step = jax.jit(functools.partial(steps.eval_step, apply_fn=model.apply, heads=(("", 21),)))
     params = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
     out = {}
     for h, w in shapes:

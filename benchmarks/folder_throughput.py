@@ -51,9 +51,10 @@ def write_folder(directory: str, count: int, seed: int = 0) -> list[tuple[int, i
 
 
 def write_weights(directory: str, width: float) -> None:
-    from fcn_jax import checkpoints, models
+    from fcn_jax.models import zoo
+    from fcn_jax.weights import checkpoints
 
-    model = models.create_model("fcn8s", num_classes=21, width=width)
+    model = zoo.create_model("fcn8s", num_classes=21, width=width)
     params = common.random_params(model, (1, 64, 64, 3))
     checkpoints.save_params(directory, params, {"format": "benchmark", "variant": "fcn8s", "num_classes": 21,
                                                 "width": width, "geometry": "caffe", "normalization": "caffe_bgr"})

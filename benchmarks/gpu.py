@@ -7,8 +7,8 @@ On an H200 a full-size case takes about a minute (XLA's autotuned compile of 2-6
 call of up to 20 s, the timed rounds), so the default budget covers the first four or five cases.
 
 Runs where only jax (CUDA), flax, optax, orbax-checkpoint, numpy and torch (CUDA) are installed: it imports
-fcn_jax.models, fcn_jax.step, fcn_jax.xla_options and benchmarks.torch_fcn, never TensorFlow, tensorflow-datasets
-or ml_collections.
+fcn_jax.models, fcn_jax.train.step, fcn_jax.train.xla_options and benchmarks.torch_fcn, never TensorFlow,
+tensorflow-datasets or ml_collections.
 Cases (in this order, the goal's first; the rest are skipped, and listed as skipped, once --budget_s is spent):
 batch 16, 8, 1, each bf16 then fp32, each the training step then inference, 512x512 ("same" geometry) then
 500x500 (caffe geometry, pad 100). The report is rewritten after every case, so a run cut short keeps what it
@@ -38,7 +38,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from fcn_jax import models, step, xla_options  # noqa: E402
+from fcn_jax.models import zoo  # noqa: E402
+from fcn_jax.train import step, xla_options  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L4": 121.0}  # dense, datasheets
 GEOMETRY_OF_SIZE = {512: "same", 500: "caffe"}
@@ -142,10 +143,10 @@ def torch_case(kind: str, variant: str, geometry: str, dtype: str, width: float,
 
 def run_case(kind, size, batch, dtype, args, frameworks, profile_prefix=None, profile_torch=False) -> dict:
     geometry, variant = GEOMETRY_OF_SIZE.get(size, "same"), "fcn8s"
-    model = models.create_model(variant, geometry=geometry, width=args.width,
-                                dtype={"bf16": jnp.bfloat16, "fp32": jnp.float32}[dtype])
+    model = zoo.create_model(variant, geometry=geometry, width=args.width,
+                             dtype={"bf16": "bfloat16", "fp32": "float32"}[dtype])
     inputs = make_inputs(batch, size)
-    params = common.random_params(models.create_model(variant, geometry=geometry, width=args.width),
+    params = common.random_params(zoo.create_model(variant, geometry=geometry, width=args.width),
                                   inputs["image"].shape)
     row = {"kind": kind, "size": size, "geometry": geometry, "batch": batch, "dtype": dtype, "iters": args.iters}
     fns = {}
@@ -181,7 +182,8 @@ def run_case(kind, size, batch, dtype, args, frameworks, profile_prefix=None, pr
     row["gflop_per_call"] = round(flops / 1e9, 2) if flops else None
     row["stats"] = stats
     if "torch" in stats:
-        row["fcn_jax_over_torch_images_per_s"] = round(stats["fcn_jax"]["images_per_s"] / stats["torch"]["images_per_s"], 3)
+        row["fcn_jax_over_torch_images_per_s"] = round(
+            stats["fcn_jax"]["images_per_s"] / stats["torch"]["images_per_s"], 3)
     return row
 
 
@@ -229,7 +231,8 @@ def markdown(report: dict) -> str:
     lines = [f"# fcn_jax vs torch on {report['device']} ({report['versions']})", "",
              f"MFU against the datasheet's dense bf16 peak, {report['peak_bf16_tflops']} TFLOP/s"
              + (f"; a bf16 matmul measured {ceiling} TFLOP/s here" if ceiling else ""), "",
-             "| step | size | batch | dtype | fcn_jax img/s | torch img/s | fcn_jax / torch | fcn_jax MFU | compile s |",
+             "| step | size | batch | dtype | fcn_jax img/s | torch img/s | fcn_jax / torch | fcn_jax MFU "
+             "| compile s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["cases"]:
         jax_s, torch_s = r["stats"]["fcn_jax"], r["stats"].get("torch", {})

@@ -14,15 +14,14 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 
 from benchmarks import common
 from benchmarks.torch_fcn import FORMATS, TorchFCN, load_fcn_jax_params
-from fcn_jax import models
+from fcn_jax.models import zoo
 
-JAX_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+MODEL_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}  # bf16: two frameworks round differently, not equal
 # (variant, geometry, size, batch, dtype, reps). Sized for ~6 minutes on an idle 2-core CPU.
@@ -54,7 +53,7 @@ QUICK_CASES = (
 
 def jax_forward(variant, geometry, dtype, params, images, compiler_options=None):
     """(blocking forward fn, compile seconds, FLOPs, the compiled forward) of the jitted fcn_jax forward pass."""
-    model = models.create_model(variant, geometry=geometry, dtype=JAX_DTYPES[dtype])
+    model = zoo.create_model(variant, geometry=geometry, dtype=MODEL_DTYPES[dtype])
     params, images = jax.device_put(params), jax.device_put(images)
     start = time.perf_counter()
     compiled = jax.jit(lambda p, x: model.apply({"params": p}, x), compiler_options=compiler_options).lower(
@@ -79,7 +78,7 @@ def torch_forward(variant, geometry, dtype, params, images, memory_format):
 def run_case(variant, geometry, size, batch, dtype, reps, formats, matmul_gflops=None):
     """One row of the report: equality, times, ratios, FLOP/s, memory."""
     images = common.random_images((batch, size, size, 3))
-    params = common.random_params(models.create_model(variant, geometry=geometry), images.shape)
+    params = common.random_params(zoo.create_model(variant, geometry=geometry), images.shape)
     fns = {}
     fns["fcn_jax"], compile_s, flops = jax_forward(variant, geometry, dtype, params, images)[:3]
     for name in formats:

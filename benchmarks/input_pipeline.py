@@ -1,9 +1,9 @@
-"""Images/s and CPU ms/image of fcn_jax.input_pipeline at VOC scale (500x375 / 375x500 images); writes JSON.
+"""Images/s and CPU ms/image of fcn_jax.data.input_pipeline at VOC scale (500x375 / 375x500 images); writes JSON.
 
 Sources (200 images, smooth colour noise with rectangular label blobs):
   memory        a Python list of decoded arrays: the pipeline's own cost, no decoding.
   array_record  the same images as JPEG + palette PNG in a VOC/SBD tree written here, prepared by
-                fcn_jax.voc_dataset and read through its tfds array_record data source (voc_train split,
+                fcn_jax.data.voc_builder and read through its tfds array_record data source (voc_train split,
                 198 images): decoding included, as in training.
 Pipelines (batch 8 unless --batch):
   read_*            only the source reads (padded_batch to 500x500), three ways: parallel
@@ -29,7 +29,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from fcn_jax import input_pipeline  # noqa: E402
+from fcn_jax.data import input_pipeline, voc_builder
+from fcn_jax.data import synthetic as data_synthetic
+from fcn_jax.data import voc as data_voc
 
 SHAPES = ((375, 500), (500, 375))
 
@@ -60,19 +62,19 @@ def memory_source(num_images: int, seed: int = 0) -> list[dict]:
 
 def array_record_source(source: list[dict], root: str):
     """Writes `source` as a VOC + SBD tree, prepares it with voc_dataset, returns the voc_train data source."""
-    from fcn_jax import synthetic, voc_dataset
 
-    manual, voc, sbd = os.path.join(root, "manual"), voc_dataset.VOC_DIR, voc_dataset.SBD_DIR
+    manual, voc, sbd = os.path.join(root, "manual"), data_voc.VOC_DIR, data_voc.SBD_DIR
     for folder in (f"{voc}/JPEGImages", f"{voc}/SegmentationClass", f"{voc}/ImageSets/Segmentation",
                    f"{sbd}/img", f"{sbd}/cls"):
         os.makedirs(os.path.join(manual, folder), exist_ok=True)
     ids = [f"2008_{i:06d}" for i in range(len(source))]
     for image_id, example in zip(ids, source):
-        jpeg = synthetic.jpeg_bytes(example["image"])
+        jpeg = data_synthetic.jpeg_bytes(example["image"])
         for path, data in ((f"{voc}/JPEGImages/{image_id}.jpg", jpeg),
-                           (f"{voc}/SegmentationClass/{image_id}.png", synthetic.palette_png_bytes(example["label"])),
+                           (f"{voc}/SegmentationClass/{image_id}.png",
+                            data_synthetic.palette_png_bytes(example["label"])),
                            (f"{sbd}/img/{image_id}.jpg", jpeg),
-                           (f"{sbd}/cls/{image_id}.mat", synthetic.sbd_mat_bytes(example["label"]))):
+                           (f"{sbd}/cls/{image_id}.mat", data_synthetic.sbd_mat_bytes(example["label"]))):
             with open(os.path.join(manual, path), "wb") as f:
                 f.write(data)
     split = len(ids) - 2  # VOC/SBD val keep two ids so every split is non-empty
@@ -81,7 +83,7 @@ def array_record_source(source: list[dict], root: str):
                         (f"{sbd}/train.txt", ids[:split]), (f"{sbd}/val.txt", ids[split:])):
         with open(os.path.join(manual, path), "w") as f:
             f.write("".join(f"{i}\n" for i in names))
-    return voc_dataset.load_split(os.path.join(root, "tfds"), "voc_train", manual)
+    return voc_builder.load_split(os.path.join(root, "tfds"), "voc_train", manual)
 
 
 def read_datasets(source) -> dict[str, tf.data.Dataset]:

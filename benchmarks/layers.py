@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from jax import lax
 
 from benchmarks import common
-from fcn_jax import models
+from fcn_jax.models import vgg
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -28,15 +28,15 @@ def layer_shapes(size: int, geometry: str):
     """[(name, (H, W, Cin), kernel, pad, Cout)] of VGG16's convs and fc6/fc7 at an input size."""
     pads = {"caffe": {"conv1_1": 100, "fc6": 0}, "same": {"conv1_1": 1, "fc6": 3}}[geometry]
     h, cin, out = size, 3, []
-    for layers in models.VGG16_BLOCKS:
+    for layers in vgg.BLOCKS:
         for name, cout in layers:
             pad = pads.get(name, 1)
             out.append((name, (h, h, cin), 3, pad, cout))
             h, cin = h + 2 * pad - 2, cout
         h = -(-h // 2)
-    out.append(("fc6", (h, h, cin), 7, pads["fc6"], models.FC_CHANNELS))
+    out.append(("fc6", (h, h, cin), 7, pads["fc6"], vgg.FC_CHANNELS))
     h = h + 2 * pads["fc6"] - 6
-    out.append(("fc7", (h, h, models.FC_CHANNELS), 1, 0, models.FC_CHANNELS))
+    out.append(("fc7", (h, h, vgg.FC_CHANNELS), 1, 0, vgg.FC_CHANNELS))
     return out
 
 
@@ -107,7 +107,7 @@ def run_layer(name, shape, ksize, pad, cout, reps):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=500)
-    parser.add_argument("--geometry", choices=models.GEOMETRIES, default="caffe")
+    parser.add_argument("--geometry", choices=vgg.GEOMETRIES, default="caffe")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

@@ -14,11 +14,11 @@ import argparse
 from benchmarks import common, inference, train_step
 from benchmarks.torch_fcn import FORMATS
 from benchmarks.train_step import make_batch, make_config, torch_step
-from fcn_jax import models
+from fcn_jax.models import zoo
 
 
 def jax_step(config, params, batch, matmul_forms: bool):
-    model = models.create_model(config.model.variant, geometry=config.model.geometry,
+    model = zoo.create_model(config.model.variant, geometry=config.model.geometry,
                                 dropout_rate=config.model.dropout_rate, tap_kernel_grads=matmul_forms,
                                 fc6_im2col=matmul_forms)
     return train_step.jax_step(config, params, batch, model)[:3]
@@ -27,7 +27,7 @@ def jax_step(config, params, batch, matmul_forms: bool):
 def run_case(geometry: str, size: int, batch_size: int, reps: int, matmul_gflops: float | None = None) -> dict:
     config = make_config("fcn8s", geometry, "fp32")
     batch = make_batch(batch_size, size)
-    params = common.random_params(models.create_model("fcn8s", geometry=geometry), batch["image"].shape)
+    params = common.random_params(zoo.create_model("fcn8s", geometry=geometry), batch["image"].shape)
     fns, compile_s = {}, {}
     fns["fcn_jax"], compile_s["fcn_jax"], flops = jax_step(config, params, batch, True)
     fns["fcn_jax_xla_convs"], compile_s["fcn_jax_xla_convs"], _ = jax_step(config, params, batch, False)

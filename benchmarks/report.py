@@ -32,7 +32,8 @@ def _speed_table(report, unit):
 
 
 def _memory_table(*reports):
-    lines = ["| benchmark | net | geometry | size | batch | dtype | fcn_jax MB | torch NCHW MB | torch channels_last MB |",
+    lines = ["| benchmark | net | geometry | size | batch | dtype | fcn_jax MB | torch NCHW MB "
+             "| torch channels_last MB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, report in reports:
         for row in report["results"]:

@@ -1,11 +1,10 @@
 """fcn_jax's fcn_resnet50 / fcn_resnet101 forward against torchvision's on this CPU; writes JSON.
 
 The same random weights and batch-norm statistics in both (torchvision's state_dict imported through
-fcn_jax.torchvision_resnet), outputs checked equal (relative 1e-4) before timing, eval mode, fp32, calls
+fcn_jax.weights.torchvision_resnet), outputs checked equal (relative 1e-4) before timing, eval mode, fp32, calls
 alternating for --reps rounds (benchmarks.common.interleaved). Needs torch and torchvision (no TensorFlow):
 
-    python3 -m venv /tmp/tvvenv && /tmp/tvvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 \\
-        -r requirements-inference.txt
+    python3 -m venv /tmp/tvvenv && /tmp/tvvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 -e .
     /tmp/tvvenv/bin/python -m benchmarks.resnet [--variants fcn_resnet50] [--size 500] [--reps 5]
 """
 import argparse
@@ -17,7 +16,8 @@ import torch
 import torchvision
 
 from benchmarks import common
-from fcn_jax import inference, pretrained, torchvision_resnet
+from fcn_jax.models import zoo
+from fcn_jax.weights import merge, torchvision_resnet
 
 
 def run_case(variant: str, size: int, batch: int, reps: int) -> dict:
@@ -30,8 +30,8 @@ def run_case(variant: str, size: int, batch: int, reps: int) -> dict:
             module.running_var.uniform_(0.5, 1.5)
     reference.eval()
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
-    model = inference.create_model(variant, num_classes=21)
-    params, _ = pretrained.merge_params(inference.init_params(model), torchvision_resnet.to_params(state))
+    model = zoo.create_model(variant, num_classes=21)
+    params, _ = merge.merge_params(zoo.param_template(model), torchvision_resnet.to_params(state))
     images = np.random.default_rng(1).normal(size=(batch, size, size, 3)).astype(np.float32)
     params, x = jax.device_put(params), jax.device_put(images)
     compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile()

@@ -12,7 +12,8 @@ The same weights and batch for both; calls alternate for --reps rounds after a w
 import argparse
 
 from benchmarks import common, inference, train_step
-from fcn_jax import models, xla_options
+from fcn_jax.models import zoo
+from fcn_jax.train import xla_options
 
 SCHEDULERS = {"default": {}, "memory_optimised": xla_options.CPU_TRAINING_OPTIONS}
 
@@ -22,11 +23,11 @@ def compiled_step(kind: str, variant: str, geometry: str, size: int, batch_size:
     forward (benchmarks.inference.jax_forward), compiled with `options`."""
     if kind == "train":
         config, batch = train_step.make_config(variant, geometry, "fp32"), train_step.make_batch(batch_size, size)
-        params = common.random_params(models.create_model(variant, geometry=geometry), batch["image"].shape)
+        params = common.random_params(zoo.create_model(variant, geometry=geometry), batch["image"].shape)
         run, _, _, _, compiled = train_step.jax_step(config, params, batch, compiler_options=options)
         return run, compiled
     images = common.random_images((batch_size, size, size, 3))
-    params = common.random_params(models.create_model(variant, geometry=geometry), images.shape)
+    params = common.random_params(zoo.create_model(variant, geometry=geometry), images.shape)
     run, _, _, compiled = inference.jax_forward(variant, geometry, "fp32", params, images, compiler_options=options)
     return run, compiled
 

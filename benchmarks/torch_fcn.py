@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcn_jax.models import FC_CHANNELS, VGG16_BLOCKS, scaled_channels
+from fcn_jax.models.vgg import BLOCKS as VGG16_BLOCKS
+from fcn_jax.models.vgg import FC_CHANNELS, scaled_channels
 
 # torch memory formats both benchmarks time; ratios use the faster.
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}

@@ -1,7 +1,7 @@
 """Training step images/s: fcn_jax's train_step vs a torch forward+backward+SGD step of the same net.
 
-fcn_jax: `train.train_step` jitted as loop.py does it (state donated, xla_options.training), optimiser from
-`train.create_optimizer` with the experiment's config (reference: SGD momentum 0.99, weight decay
+fcn_jax: `step_module.train_step` jitted as loop.py does it (state donated, xla_options.training), optimiser from
+`step_module.create_optimizer` with the experiment's config (reference: SGD momentum 0.99, weight decay
 5e-4 on kernels, biases at 2x lr, frozen bilinear upsampling, loss summed over pixels).
 torch: TorchFCN in train mode, torch.optim.SGD with the same groups, summed cross entropy with
 ignore_index 255. Both run dropout 0.5 (different RNGs, same work).
@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from benchmarks import common
 from benchmarks.torch_fcn import FORMATS, TorchFCN, load_fcn_jax_params
 from experiments import base
-from fcn_jax import models, train, xla_options
+from fcn_jax.models import vgg, zoo
+from fcn_jax.train import step as step_module
+from fcn_jax.train import xla_options
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # (variant, geometry, crop size, batch, dtype, reps): the reference recipe is 500x500 batch 1.
@@ -55,10 +57,10 @@ def make_batch(batch, size, num_classes=21, seed=2):
 def jax_step(config, params, batch, model=None, compiler_options=None):
     """(blocking step fn, compile seconds, FLOPs, fn returning the current params as numpy, the compiled step);
     `model` defaults to config.model's, `compiler_options` to xla_options.training()'s."""
-    model = train.create_model(config.model) if model is None else model
-    state = train.TrainState.create(apply_fn=model.apply, params=jax.device_put(params),
-                                    tx=train.create_optimizer(config, params))
-    step = functools.partial(train.train_step, loss_reduction=config.loss_reduction,
+    model = zoo.from_settings(config.model) if model is None else model
+    state = step_module.TrainState.create(apply_fn=model.apply, params=jax.device_put(params),
+                                    tx=step_module.create_optimizer(config, params))
+    step = functools.partial(step_module.train_step, loss_reduction=config.loss_reduction,
                              num_classes=config.model.num_classes, learnable_upsample=config.model.learnable_upsample)
     batch, rng = jax.device_put(batch), jax.random.PRNGKey(0)
     start = time.perf_counter()
@@ -109,7 +111,7 @@ def check_equal_steps(variant, geometry, width=1 / 16, size=64, steps=2) -> floa
     config = make_config(variant, geometry, "fp32", learning_rate=1e-7, dropout_rate=0.0)
     config.model.width = width
     batch = make_batch(1, size)
-    params = common.random_params(models.create_model(variant, geometry=geometry, width=width),
+    params = common.random_params(zoo.create_model(variant, geometry=geometry, width=width),
                                   batch["image"].shape)
     jax_run, _, _, jax_params, _ = jax_step(config, params, batch)
     torch_run, torch_model = torch_step(config, params, batch, torch.contiguous_format)
@@ -127,7 +129,7 @@ def check_equal_steps(variant, geometry, width=1 / 16, size=64, steps=2) -> floa
 def run_case(variant, geometry, size, batch_size, dtype, reps, formats):
     config = make_config(variant, geometry, dtype)
     batch = make_batch(batch_size, size)
-    params = common.random_params(models.create_model(variant, geometry=geometry), batch["image"].shape)
+    params = common.random_params(zoo.create_model(variant, geometry=geometry), batch["image"].shape)
     fns = {}
     fns["fcn_jax"], compile_s, flops = jax_step(config, params, batch)[:3]
     for name in formats:
@@ -146,7 +148,7 @@ def main():
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     report = {"benchmark": "train_step", "torch_threads": common.set_torch_threads(), **common.machine_info()}
-    report["equality"] = {g: check_equal_steps("fcn8s", g) for g in models.GEOMETRIES}
+    report["equality"] = {g: check_equal_steps("fcn8s", g) for g in vgg.GEOMETRIES}
     print(f"update relative error after 2 steps (fcn8s, width 1/16): {report['equality']}", flush=True)
     if max(report["equality"].values()) > 1e-3:
         raise AssertionError(f"fcn_jax and torch train steps differ: {report['equality']}")

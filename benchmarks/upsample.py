@@ -1,7 +1,7 @@
 """Benchmark exact transposed-conv forms for FCN upsampling layers; writes JSON.
 
 Forms (all give Caffe/PyTorch ConvTranspose semantics, checked against each other here):
-  subpixel        fcn_jax.models.transposed_conv: dense m x m conv into Cout*s*s channels,
+  subpixel        fcn_jax.models.layers.transposed_conv: dense m x m conv into Cout*s*s channels,
                   then depth-to-space (m = ceil(k/s)).
   lhs_dilation    lax.conv_general_dilated on the s-dilated input with the flipped kernel.
   conv_transpose  lax.conv_transpose(..., transpose_kernel=True).
@@ -26,7 +26,7 @@ import numpy as np
 from jax import lax
 
 from benchmarks import common
-from fcn_jax.models import bilinear_kernel, transposed_conv
+from fcn_jax.models.layers import bilinear_kernel, transposed_conv
 
 _DN = ("NHWC", "HWIO", "NHWC")
 

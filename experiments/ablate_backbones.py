@@ -1,7 +1,11 @@
-"""The backbone as an ablation knob on the synthetic data: python -m fcn_jax.ablate --sweep THIS --workdir runs/bb.
+"""The backbone as an ablation knob on the synthetic data, sized for a 2-core CPU.
 
 Base: the demo recipe (ablate_skips.get_config). Variants: the demo's FCN-8s (VGG16 at width 1/8), and the CPU-sized
 dilated ResNet FCN of experiments/resnet_demo.py at output strides 8 and 16, with batch norm synchronised and frozen.
+
+Command:  python -m fcn_jax.ablate --sweep experiments/ablate_backbones.py --workdir runs/ablate_backbones
+Expected: mean IU 61.1 (VGG16 FCN-8s), 96.0 (ResNet, stride 8, synchronised BN), 86.0 (stride 16), 92.8 (frozen BN)
+          after 150 steps each, about 4.5 min on 2 cores (docs/ablation_backbones/results.md; one seed).
 """
 from experiments import ablate_skips, resnet_demo
 

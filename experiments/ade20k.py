@@ -1,8 +1,11 @@
 """ADE20K SceneParsing, 150 classes (label 0 = other: ignored), FCN-8s from ImageNet VGG16 on 512x512 crops.
 
-Layout (fcn_jax.layouts, "ade20k"): ADEChallengeData2016/images/{training,validation}/*.jpg and
+Layout (fcn_jax.data.layouts, "ade20k"): ADEChallengeData2016/images/{training,validation}/*.jpg and
 annotations/{training,validation}/*.png; splits train and val.
-    python -m fcn_jax.main --config experiments/ade20k.py --workdir runs/ade20k --config.data.manual_dir=~/data
+
+Command:  python -m fcn_jax.main --config experiments/ade20k.py --workdir runs/ade20k --config.data.manual_dir=~/data
+Expected: about 29.4 mean IU on val (FCN-8s in the SceneParsing benchmark, Zhou et al. 2017); not run here (no copy
+          of the data, no GPU).
 """
 from experiments import fcn8s_atonce
 

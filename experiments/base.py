@@ -1,7 +1,8 @@
 """Base config: the reference FCN recipe on PASCAL VOC (Caffe geometry, SGD 0.99, summed loss).
 
-Every knob a user may ablate is a field here; experiments override a few.
-Override from the command line: --config.optim.learning_rate=1e-4.
+Every knob a user may ablate is a field here; experiments override a few. Override from the command line:
+--config.optim.learning_rate=1e-4. Not run on its own: it is the reference recipe without a starting point
+(experiments/fcn32s.py adds the ImageNet VGG16 weights).
 """
 import ml_collections
 
@@ -30,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     # voc (your VOC2012 + SBD copies) | synthetic (VOC-format, written on first use) | folder (your own images,
     # labels and classes.json) | synthetic_folder (a folder example, written on first use) | cityscapes | ade20k |
-    # pascal_context | sift_flow | sift_flow_geometric (README, "Train on your own data")
+    # pascal_context | sift_flow | sift_flow_geometric (docs/data.md)
     config.data.source = "voc"
     config.data.manual_dir = ""             # the dataset's folder (voc: holding VOCdevkit/ and benchmark_RELEASE/)
     config.data.classes = ""                # a classes.json overriding the dataset's description ("" = its own)

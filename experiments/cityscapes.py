@@ -1,9 +1,12 @@
 """Cityscapes, 19 train ids (labelIds mapped, the rest ignored), FCN-8s from ImageNet VGG16 on 512x1024 crops.
 
-Layout (fcn_jax.layouts, "cityscapes"): leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and
+Layout (fcn_jax.data.layouts, "cityscapes"): leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and
 gtFine/{train,val}/<city>/*_gtFine_labelIds.png. Validation images are 2048x1024, padded to 1024x2048.
-    python -m fcn_jax.main --config experiments/cityscapes.py --workdir runs/cityscapes \
-        --config.data.manual_dir=~/data/cityscapes
+
+Command:  python -m fcn_jax.main --config experiments/cityscapes.py --workdir runs/cityscapes \
+              --config.data.manual_dir=~/data/cityscapes
+Expected: about 65 class mean IU (FCN-8s in the Cityscapes paper, Cordts et al. 2016: 65.3 on test); not run here
+          (no copy of the data, no GPU).
 """
 from experiments import fcn8s_atonce
 

@@ -1,8 +1,11 @@
 """The embedded default: a small-width FCN-8s trained from scratch on the synthetic VOC-format dataset.
 
-The dataset is written by fcn_jax.synthetic on first use and read through the
-same tfds builder and tf.data pipeline as real VOC. Sized to finish in well
-under 10 minutes on 2 CPU cores.
+The dataset is written by fcn_jax.data.synthetic on first use and read through the same tfds builder and tf.data
+pipeline as real VOC.
+
+Command:  python -m fcn_jax.main --config experiments/demo.py --workdir runs/demo
+Expected: mean IU 0.7727 at step 200 and 0.9539 at step 400 (pixel acc 0.9933), about 1.5 min on 2 idle CPU cores
+          from an empty data/ (README.md, "The demo").
 """
 from experiments import base
 

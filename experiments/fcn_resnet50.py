@@ -6,9 +6,13 @@ random resize 0.5-2.0, crop 480, flip, ImageNet normalisation, mean cross entrop
 synchronised over the global batch (config.model.resnet.batch_norm; "frozen" for fine-tuning at small batch).
 Differences from torchvision's script: no 10x learning rate on the aux head, and weight decay on kernels and batch-norm
 scales only (biases take bias_lr_mult 1 and no decay).
-Start from ImageNet: convert torchvision's resnet50 first (README, "Model zoo"):
+Start from ImageNet: convert torchvision's resnet50 first (docs/weights.md):
     python -m fcn_jax.convert --format torchvision --input resnet50-11ad3fa6.pth --variant fcn_resnet50 \\
         --allow_missing --output weights/resnet50_imagenet
+Command:  python -m fcn_jax.main --config experiments/fcn_resnet50.py --workdir runs/fcn_resnet50 \\
+              --config.data.manual_dir=~/data/voc_raw
+Expected: about 60.5 mean IU, torchvision's documented fcn_resnet50 (COCO val2017, VOC categories); not run here
+          (no copy of the data, no GPU).
 """
 from experiments import base
 

@@ -1,11 +1,13 @@
 """Your own data: a small FCN-8s trained from scratch on a folder dataset (images/, labels/, classes.json).
 
-    python -m fcn_jax.main --config experiments/folder.py --workdir runs/shapes \
-        [--config.data.manual_dir=PATH/TO/YOUR/FOLDER --config.data.data_dir=PATH/FOR/ITS/TFDS]
-
 The defaults point at the folder example (python -m fcn_jax.synthetic --layout folder --out data/shapes), so the
-README's walkthrough runs as written; the class count comes from classes.json (model.num_classes = 0). For real
-photos start from ImageNet VGG16 instead (init_from, geometry "caffe", width 1: see experiments/fcn8s.py).
+walkthrough of docs/data.md runs as written; the class count comes from classes.json (model.num_classes = 0). For
+real photos start from ImageNet VGG16 instead (init_from, geometry "caffe", width 1: see experiments/fcn8s.py).
+
+Command:  python -m fcn_jax.main --config experiments/folder.py --workdir runs/shapes \
+              [--config.data.manual_dir=PATH/TO/YOUR/FOLDER --config.data.data_dir=PATH/FOR/ITS/TFDS]
+Expected: on the folder example, final validation mean IU 0.8546 (pixel acc 0.9847) after 400 steps, about 2.5 min
+          on 2 cores (docs/data.md, "Train on your own data").
 """
 from experiments import demo
 

@@ -1,9 +1,10 @@
 """PASCAL-Context, 59 classes (TPAMI table: FCN-8s 37.8 mean IU), FCN-8s at-once from ImageNet VGG16.
 
-Layout (fcn_jax.layouts, "pascal_context"): VOCdevkit/VOC2010/{JPEGImages, SegmentationClassContext,
+Layout (fcn_jax.data.layouts, "pascal_context"): VOCdevkit/VOC2010/{JPEGImages, SegmentationClassContext,
 ImageSets/SegmentationContext/{train,val}.txt}, labels with values 0..59 (0 = not one of the 59: ignored).
-    python -m fcn_jax.main --config experiments/pascal_context.py --workdir runs/pascal_context \
-        --config.data.manual_dir=~/data/pascal_context
+Command:  python -m fcn_jax.main --config experiments/pascal_context.py --workdir runs/pascal_context \
+              --config.data.manual_dir=~/data/pascal_context
+Expected: the TPAMI paper's FCN-8s, 37.8 mean IU (67.0 pixel acc); not run here (no copy of the data, no GPU).
 """
 from experiments import fcn8s_atonce
 

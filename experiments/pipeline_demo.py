@@ -1,8 +1,12 @@
-"""Classifier -> FCN -> segmentation on the synthetic data: python -m fcn_jax.pipeline --config THIS --workdir DIR.
+"""Classifier -> FCN -> segmentation on the synthetic data (the paper's story end to end).
 
 `fcn` is the recipe of every FCN stage (the demo's: "same" geometry, width 1/8, Adam, mean loss); the
 pipeline sets its model.variant and init_from per stage. The classifier has the FCN's width, so its
 weights fit the FCN backbone, and reads the same data (image-level labels from the masks).
+
+Command:  python -m fcn_jax.pipeline --config experiments/pipeline_demo.py --workdir runs/pipeline
+Expected: classifier accuracy 71.7% on voc_val; FCN stages 32s -> 16s -> 8s at mean IU 28.5 / 71.5 / 95.2%; 8
+          held-out scenes segmented at 96.5% mean IU; about 13 min on 2 cores (docs/pipeline_demo/report.md).
 """
 import ml_collections
 

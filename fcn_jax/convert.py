@@ -17,15 +17,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fcn_jax import checkpoints, dataset_info, models, pretrained
-from fcn_jax.constants import NORMALIZATIONS
+from fcn_jax.core.normalization import NORMALIZATIONS
+from fcn_jax.data import dataset_info
+from fcn_jax.models import zoo
+from fcn_jax.weights import checkpoints, convert, formats
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m fcn_jax.convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--format", required=True, choices=pretrained.FORMATS)
+    parser.add_argument("--format", required=True, choices=formats.FORMATS)
     parser.add_argument("--input", required=True, help="the .caffemodel or .pth file")
-    parser.add_argument("--variant", required=True, choices=models.VARIANTS)
+    parser.add_argument("--variant", required=True, choices=zoo.VARIANTS)
     parser.add_argument("--num_classes", type=int, default=21)
     parser.add_argument("--output", required=True, help="new directory for the converted weights")
     parser.add_argument("--allow_missing", action="store_true",
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         heads = dataset_info.for_weights(None, args.num_classes, args.dataset)
-        params, meta = pretrained.convert(
+        params, meta = convert.convert(
             args.format, args.input, args.variant, args.num_classes, width=args.width,
             allow_missing=args.allow_missing, normalization=args.normalization,
         )
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(pretrained.format_report(meta))
+    print(convert.format_report(meta))
     print(f"wrote {args.output}")
     return 0
 

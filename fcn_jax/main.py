@@ -5,7 +5,7 @@ Runs as one process over every local device, or as one of several processes (hos
   - auto-detected: a SLURM job step with several tasks (srun), a GKE TPU slice;
   - --distributed: jax.distributed.initialize() detects the cluster itself (TPU VM pod slices, Open MPI).
 Every process runs the same program; process 0 alone logs progress and writes metrics, TensorBoard and samples;
-all processes take part in checkpointing (orbax coordinates them). See README, "Scaling out".
+all processes take part in checkpointing (orbax coordinates them). See docs/scaling.md.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from fcn_jax.train.config_flags import parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (experiments/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard events, samples.")
@@ -60,26 +62,6 @@ def distributed_init_kwargs(coordinator_address: str | None, num_processes: int 
     return explicit
 
 
-def repeated_overrides(argv: list[str]) -> list[str]:
-    """--config.<key> flags given more than once (absl would concatenate a repeated tuple value)."""
-    keys = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
-    return sorted({key for key in keys if keys.count(key) > 1})
-
-
-def parse_flags(argv: list[str], flag_values=flags.FLAGS) -> list[str]:
-    """absl flag parsing where a bad flag or config key is one line on stderr (exit 1), not a traceback."""
-    repeated = repeated_overrides(argv)
-    if repeated:
-        raise SystemExit(f"error: {', '.join(repeated)} given more than once; give each config key once")
-    try:
-        return flag_values(argv)
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as error:  # unknown key, bad value
-        message = " ".join(str(error).replace("\\n", " ").replace("\\'", "").strip("'\"").split())
-        if isinstance(error, (KeyError, AttributeError)):
-            message = f"unknown config key {message}"
-        raise SystemExit(f"error: {message}") from None
-
-
 class _QuietLibraries(logging.Filter):
     """Drop the INFO chatter of orbax and tfds; keep their warnings and our own progress."""
 
@@ -106,13 +88,13 @@ def main(argv) -> None:
     if init_kwargs is not None:
         jax.distributed.initialize(**init_kwargs)  # before anything touches a JAX backend
 
-    from fcn_jax import train
+    from fcn_jax.train import job
 
     logging.getLogger().setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietLibraries())
     try:
-        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        result = job.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ValueError, OSError, FloatingPointError) as error:  # bad config, data, workdir: one line
         print(f"error: {error}", file=sys.stderr)
         _exit_now(1)

@@ -1,21 +1,23 @@
 """The benchmarks' PyTorch reference computes what fcn_jax computes (only where torch is installed).
 
-CI's venv has no torch: these tests skip there and run in the bench venv (requirements-bench.txt).
+CI's venv has no torch: these tests skip there and run in the bench venv (pip install -e ".[train,bench]").
 """
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fcn_jax.models import fcn, vgg, zoo
+
+# benchmarks.torch_fcn and benchmarks.train_step import torch: skip (where it is missing) before importing them
 torch = pytest.importorskip("torch")
 
 from benchmarks import common, torch_fcn, train_step  # noqa: E402
-from fcn_jax import models  # noqa: E402
 
 WIDTH = 1 / 16
 
 
 def _outputs(variant, geometry, images, dtype="fp32"):
-    model = models.create_model(variant, geometry=geometry, width=WIDTH,
+    model = zoo.create_model(variant, geometry=geometry, width=WIDTH,
                                 dtype={"fp32": jnp.float32, "bf16": jnp.bfloat16}[dtype])
     params = common.random_params(model, images.shape)
     ours = np.asarray(model.apply({"params": params}, images))
@@ -27,8 +29,8 @@ def _outputs(variant, geometry, images, dtype="fp32"):
     return ours, theirs
 
 
-@pytest.mark.parametrize("geometry", models.GEOMETRIES)
-@pytest.mark.parametrize("variant", models.VGG_VARIANTS)
+@pytest.mark.parametrize("geometry", vgg.GEOMETRIES)
+@pytest.mark.parametrize("variant", fcn.VARIANTS)
 def test_torch_reference_forward_equals_fcn_jax(variant, geometry):
     images = common.random_images((2, 45, 37, 3))  # odd sizes: ceil pools and crops matter
     ours, theirs = _outputs(variant, geometry, images)
@@ -49,7 +51,7 @@ def test_torch_sgd_step_equals_fcn_jax_train_step():
 
 
 def test_loading_rejects_wrong_params():
-    model = models.create_model("fcn8s", width=WIDTH)
+    model = zoo.create_model("fcn8s", width=WIDTH)
     params = common.random_params(model, (1, 32, 32, 3))
     other = torch_fcn.TorchFCN("fcn8s", width=2 * WIDTH)
     with pytest.raises(ValueError, match="shape mismatch"):

@@ -8,9 +8,12 @@ import sys
 import jax
 import numpy as np
 import pytest
+from formats_test import FIXTURES, WIDTH, caffe_fcn_layers
 
-from fcn_jax import artifacts, caffe_proto, checkpoints, convert, models, pretrained
-from pretrained_test import FIXTURES, WIDTH, caffe_fcn_layers
+from fcn_jax import convert
+from fcn_jax.models import layers, zoo
+from fcn_jax.weights import artifacts, caffe_proto, checkpoints, formats
+from fcn_jax.weights import convert as weights_convert
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -35,7 +38,7 @@ def test_convert_writes_params_and_sidecar(tmp_path, capsys):
     assert "expects input normalization caffe_bgr" in printed
 
     params, meta = checkpoints.load_converted(str(out))
-    expected, _ = pretrained.load_caffemodel(path)
+    expected, _ = formats.load_caffemodel(path)
     jax.tree.map(np.testing.assert_array_equal, params, expected)
     assert all(isinstance(x, np.ndarray) and x.dtype == np.float32 for x in jax.tree.leaves(params))
     sidecar = json.loads((out / artifacts.WEIGHTS_SIDECAR).read_text())
@@ -48,7 +51,7 @@ def test_convert_writes_params_and_sidecar(tmp_path, capsys):
     # training's init_from and evaluate/predict read it through checkpoints.load_params
     jax.tree.map(np.testing.assert_array_equal, checkpoints.load_params(str(out)), expected)
     # and the params run in the model they were converted for
-    model = models.create_model("fcn8s", num_classes=3, width=WIDTH)
+    model = zoo.create_model("fcn8s", num_classes=3, width=WIDTH)
     logits = model.apply({"params": params}, np.zeros((1, 8, 8, 3), np.float32))
     assert logits.shape == (1, 8, 8, 3)
 
@@ -78,12 +81,12 @@ def test_convert_backbone_only_with_allow_missing(tmp_path, capsys):
     assert "unused, not in the model (1): fc8" in printed
     params, meta = checkpoints.load_converted(str(out))
     assert meta["normalization"] == "imagenet_rgb" and meta["format"] == "torchvision"
-    loaded, _ = pretrained.load_pth(path)
+    loaded, _ = formats.load_pth(path)
     jax.tree.map(np.testing.assert_array_equal, params["backbone"], loaded["backbone"])
     for name in ("score_fr", "score_pool4", "score_pool3"):
         np.testing.assert_array_equal(params[name]["kernel"], 0)
-    np.testing.assert_array_equal(params["upscore8"]["kernel"], models.bilinear_kernel(16, 3))
-    np.testing.assert_array_equal(params["upscore2"]["kernel"], models.bilinear_kernel(4, 3))
+    np.testing.assert_array_equal(params["upscore8"]["kernel"], layers.bilinear_kernel(16, 3))
+    np.testing.assert_array_equal(params["upscore2"]["kernel"], layers.bilinear_kernel(4, 3))
 
 
 def test_convert_can_change_the_input_normalization(tmp_path):
@@ -92,8 +95,8 @@ def test_convert_can_change_the_input_normalization(tmp_path):
     assert convert.main(_args("pytorch_fcn", path, "fcn8s", out, "--normalization", "imagenet_rgb")) == 0
     params, meta = checkpoints.load_converted(str(out))
     assert meta["normalization"] == "imagenet_rgb"
-    original, _ = pretrained.load_pth(path)
-    expected = pretrained.change_normalization(original, "caffe_bgr", "imagenet_rgb")
+    original, _ = formats.load_pth(path)
+    expected = weights_convert.change_normalization(original, "caffe_bgr", "imagenet_rgb")
     jax.tree.map(np.testing.assert_array_equal, params, expected)
     assert not np.allclose(params["backbone"]["conv1_1"]["kernel"], original["backbone"]["conv1_1"]["kernel"])
 

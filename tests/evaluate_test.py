@@ -9,10 +9,17 @@ import pytest
 from PIL import Image
 
 from experiments import demo
-from fcn_jax import artifacts, checkpoints, evaluate, inference, metrics, models, synthetic, train, \
-    visualize, voc_dataset
-from fcn_jax import dataset_info
-from fcn_jax.dataset_info import PRESETS
+from fcn_jax import evaluate
+from fcn_jax.core import constants, metrics
+from fcn_jax.data import dataset_info, visualize, voc_builder
+from fcn_jax.data import examples as data_examples
+from fcn_jax.data import synthetic as data_synthetic
+from fcn_jax.data.dataset_info import PRESETS
+from fcn_jax.infer import batching, evaluation
+from fcn_jax.infer import network as infer_network
+from fcn_jax.models import zoo
+from fcn_jax.train import step
+from fcn_jax.weights import artifacts, checkpoints
 
 WIDTH = 1 / 32  # channels 2, 4, 8, 16, 16 and fc 128: fast, and random weights still predict many classes
 NUM_CLASSES = 21
@@ -22,7 +29,7 @@ CAFFE_BGR_MEAN = np.array([104.00698793, 116.66876762, 122.67891434], np.float32
 
 def random_params(variant: str, seed: int = 0) -> dict:
     """He-scaled random params for every layer (score layers too, so predictions are not all background)."""
-    model = models.create_model(variant, num_classes=NUM_CLASSES, width=WIDTH)
+    model = zoo.create_model(variant, num_classes=NUM_CLASSES, width=WIDTH)
     template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"])
     rng = np.random.default_rng(seed)
 
@@ -47,8 +54,8 @@ def save_training_workdir(workdir, params):
     os.makedirs(workdir)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
-    model = train.create_model(config.model)
-    state = train.TrainState.create(apply_fn=model.apply, params=params, tx=train.create_optimizer(config, params))
+    model = zoo.from_settings(config.model)
+    state = step.TrainState.create(apply_fn=model.apply, params=params, tx=step.create_optimizer(config, params))
     manager = checkpoints.create_manager(os.path.join(workdir, "checkpoints"), async_save=False)
     checkpoints.save(manager, 7, state, jax.random.PRNGKey(1), {"step": 7})
     manager.wait_until_finished()
@@ -62,7 +69,7 @@ def caffe_bgr(image: np.ndarray) -> np.ndarray:
 
 def forward_fn(variant="fcn8s", geometry="caffe"):
     """The model's jitted apply, made once per test (jit caches per function object)."""
-    return jax.jit(models.create_model(variant, num_classes=NUM_CLASSES, width=WIDTH, geometry=geometry).apply)
+    return jax.jit(zoo.create_model(variant, num_classes=NUM_CLASSES, width=WIDTH, geometry=geometry).apply)
 
 
 def direct_mask(forward, params, image: np.ndarray, pad_to=None) -> np.ndarray:
@@ -99,7 +106,7 @@ def direct_scores(forward, params, images, labels, pad_multiple=1, pad_to=None) 
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     for image, label in zip(images, labels):
         if pad_to is None and pad_multiple > 1:
-            pad_to = inference.padded_shape(*label.shape, pad_multiple)
+            pad_to = batching.padded_shape(*label.shape, pad_multiple)
         mask = direct_mask(forward, params, image, pad_to)
         confusion += np.asarray(metrics.confusion_matrix(mask, label, NUM_CLASSES))
     return confusion, metrics.segmentation_metrics(confusion)
@@ -128,14 +135,15 @@ def test_folder_scores_equal_a_direct_per_image_computation(weights, folder, tmp
     rc = evaluate.main(["--weights", weights[kind], "--images", folder["images_dir"], "--labels",
                         folder["labels_dir"], "--batch_size", "2", "--output", str(out)])
     assert rc == 0
-    confusion, expected = direct_scores(forward_fn(geometry=geometry), weights["params"], folder["images"], folder["labels"])
+    confusion, expected = direct_scores(forward_fn(geometry=geometry), weights["params"], folder["images"],
+                                        folder["labels"])
     assert len(np.flatnonzero(confusion.sum(0))) > 5  # random weights predict many classes: a real check
 
     result = json.loads(out.read_text())
     np.testing.assert_array_equal(result["confusion"], confusion)
     for key in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou"):
         assert result[key] == pytest.approx(expected[key], rel=1e-12)
-    assert list(result["per_class_iou"]) == list(visualize.VOC_CLASSES)
+    assert list(result["per_class_iou"]) == list(constants.VOC_CLASSES)
     assert list(result["per_class_iou"].values()) == pytest.approx(expected["per_class_iou"], rel=1e-12)
     assert result["num_pixels"] == sum(int((label != 255).sum()) for label in folder["labels"])
     assert result["num_images"] == 3 and result["compilations"] == 2  # one per distinct image size
@@ -147,11 +155,11 @@ def test_folder_scores_equal_a_direct_per_image_computation(weights, folder, tmp
 
 
 def test_a_tfds_split_scores_as_a_direct_computation_on_its_examples(weights, tmp_path, capsys):
-    manual_dir = synthetic.write_synthetic_voc(str(tmp_path / "voc"), num_train=2, num_val=3, num_sbd_only=0)
+    manual_dir = data_synthetic.write_synthetic_voc(str(tmp_path / "voc"), num_train=2, num_val=3, num_sbd_only=0)
     out = tmp_path / "metrics.json"
     assert evaluate.main(["--weights", weights["workdir"], "--split", "voc_val", "--data_dir", str(tmp_path / "tfds"),
                           "--manual_dir", manual_dir, "--batch_size", "8", "--output", str(out)]) == 0
-    source = voc_dataset.load_split(str(tmp_path / "tfds"), "voc_val")
+    source = voc_builder.load_split(str(tmp_path / "tfds"), "voc_val")
     examples = [source[i] for i in range(len(source))]
     confusion, expected = direct_scores(forward_fn(geometry="same"), weights["params"], [e["image"] for e in examples],
                                         [e["label"] for e in examples])
@@ -163,9 +171,10 @@ def test_a_tfds_split_scores_as_a_direct_computation_on_its_examples(weights, tm
 
 
 def test_padding_to_a_multiple_of_32_is_never_counted(weights, folder):
-    network = inference.load_network(weights["converted"])
-    result = evaluate.evaluate(network, evaluate.FolderSource(folder["images_dir"], folder["labels_dir"], PRESETS["voc"]),
-                               batch_size=3, pad_multiple=32)
+    network = infer_network.load_network(weights["converted"])
+    result = evaluation.evaluate(network,
+                                 data_examples.FolderSource(folder["images_dir"], folder["labels_dir"], PRESETS["voc"]),
+                                 batch_size=3, pad_multiple=32)
     confusion, expected = direct_scores(forward_fn(), weights["params"], folder["images"], folder["labels"], 32)
     np.testing.assert_array_equal(result["confusion"], confusion)
     assert result["mean_iou"] == pytest.approx(expected["mean_iou"], rel=1e-12)
@@ -174,10 +183,10 @@ def test_padding_to_a_multiple_of_32_is_never_counted(weights, folder):
 
 
 def test_one_bucket_compiles_once_and_never_counts_its_padding(weights, folder):
-    network = inference.load_network(weights["converted"])
-    source = evaluate.FolderSource(folder["images_dir"], folder["labels_dir"], PRESETS["voc"])
+    network = infer_network.load_network(weights["converted"])
+    source = data_examples.FolderSource(folder["images_dir"], folder["labels_dir"], PRESETS["voc"])
     assert source.sizes() == list(SIZES)
-    result = evaluate.evaluate(network, source, batch_size=2, buckets=1)
+    result = evaluation.evaluate(network, source, batch_size=2, buckets=1)
     confusion, _ = direct_scores(forward_fn(), weights["params"], folder["images"], folder["labels"], pad_to=(50, 45))
     np.testing.assert_array_equal(result["confusion"], confusion)
     assert result["compilations"] == 1
@@ -187,16 +196,16 @@ def test_one_bucket_compiles_once_and_never_counts_its_padding(weights, folder):
 def test_weights_load_from_workdir_checkpoints_dir_and_converted_dir(weights):
     for path, geometry in ((weights["workdir"], "same"), (os.path.join(weights["workdir"], "checkpoints"), "same"),
                            (weights["converted"], "caffe")):
-        network = inference.load_network(path)
+        network = infer_network.load_network(path)
         assert {k: network.settings[k] for k in artifacts.SETTINGS} == {
             "variant": "fcn8s", "num_classes": 21, "width": WIDTH, "geometry": geometry,
             "normalization": "caffe_bgr"}
         jax.tree.map(np.testing.assert_array_equal, jax.device_get(network.params), weights["params"])
     # flags override what is stored
-    network = inference.load_network(weights["converted"], {"geometry": "same", "normalization": "imagenet_rgb"})
+    network = infer_network.load_network(weights["converted"], {"geometry": "same", "normalization": "imagenet_rgb"})
     assert network.model.geometry == "same" and network.settings["normalization"] == "imagenet_rgb"
     with pytest.raises(ValueError, match=r"does not fit variant=fcn32s, num_classes=21, .*unexpected: score_pool3"):
-        inference.load_network(weights["converted"], {"variant": "fcn32s"})
+        infer_network.load_network(weights["converted"], {"variant": "fcn32s"})
 
 
 def test_weights_without_stored_settings_need_the_flags(weights, tmp_path):
@@ -204,14 +213,14 @@ def test_weights_without_stored_settings_need_the_flags(weights, tmp_path):
     os.symlink(os.path.join(weights["workdir"], "checkpoints"), bare)  # a checkpoints dir with no config.json above
     with pytest.raises(ValueError, match=f"{bare} holds neither fcn_jax_weights.json nor a training config.json; "
                                          "pass --variant --num_classes --width --geometry --normalization"):
-        inference.load_network(str(bare))
+        infer_network.load_network(str(bare))
     with pytest.raises(FileNotFoundError, match=f"--weights {tmp_path / 'nope'} does not exist"):
-        inference.load_network(str(tmp_path / "nope"))
+        infer_network.load_network(str(tmp_path / "nope"))
     (tmp_path / "fcn8s.caffemodel").write_bytes(b"")
     with pytest.raises(ValueError, match="fcn8s.caffemodel is a file; pass a training workdir or a folder written "
                                          "by python -m fcn_jax.convert"):
-        inference.load_network(str(tmp_path / "fcn8s.caffemodel"))
-    network = inference.load_network(str(bare), {"variant": "fcn8s", "num_classes": 21, "width": WIDTH,
+        infer_network.load_network(str(tmp_path / "fcn8s.caffemodel"))
+    network = infer_network.load_network(str(bare), {"variant": "fcn8s", "num_classes": 21, "width": WIDTH,
                                                "geometry": "same", "normalization": "caffe_bgr"})
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(network.params), weights["params"])
 
@@ -254,8 +263,8 @@ def test_report_and_json_mark_absent_classes(tmp_path):
     confusion[0, 0], confusion[0, 1], confusion[1, 1] = 6, 2, 2  # class 2 absent from labels and predictions
     result = metrics.segmentation_metrics(confusion)
     heads = (("", dataset_info.from_json({"classes": ["background", "cat", "dog"]})),)
-    assert evaluate.report(result, heads).splitlines() == [
+    assert evaluation.report(result, heads).splitlines() == [
         "pixel acc      80.00", "mean acc       87.50", "mean IU        62.50", "fw IU          70.00", "",
         "class             IU", "background     75.00", "cat            50.00", "dog              n/a"]
-    assert json.loads(evaluate.to_json(result, heads, data="x"))["per_class_iou"] == {
+    assert json.loads(evaluation.to_json(result, heads, data="x"))["per_class_iou"] == {
         "background": 0.75, "cat": 0.5, "dog": None}

@@ -64,9 +64,9 @@ def test_jaxpr_flops_counts_the_reference_181_5_gmac_and_scans_and_conds():
     import jax.numpy as jnp
 
     from benchmarks import common
-    from fcn_jax import models
+    from fcn_jax.models import fcn
 
-    model = models.FCN8s(geometry="caffe")
+    model = fcn.FCN8s(geometry="caffe")
     images = jax.ShapeDtypeStruct((1, 500, 500, 3), jnp.float32)
     params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
     flops = common.jaxpr_flops(lambda p, x: model.apply({"params": p}, x), params, images)
@@ -75,12 +75,18 @@ def test_jaxpr_flops_counts_the_reference_181_5_gmac_and_scans_and_conds():
     a, b = jnp.ones((3, 4, 5)), jnp.ones((5, 6))
     per_dot = 2 * 4 * 5 * 6
     assert common.jaxpr_flops(lambda a, b: jax.lax.map(lambda x: x @ b, a), a, b) == 3 * per_dot
-    branches = lambda a, b: jax.lax.cond(a.sum() > 0, lambda: (a[0] @ b) @ b.T, lambda: a[0] @ jnp.ones((5, 5)))
+
+    def branches(a, b):
+        return jax.lax.cond(a.sum() > 0, lambda: (a[0] @ b) @ b.T, lambda: a[0] @ jnp.ones((5, 5)))
+
     assert common.jaxpr_flops(branches, a, b) == per_dot + 2 * 4 * 6 * 5
     assert common.jaxpr_flops(lambda a, b: (jax.debug.print("{}", a.sum()), a[0] @ b)[1], a, b) == per_dot
 
     x, kernel = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 5))
-    conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def conv(x, k):
+        return jax.lax.conv_general_dilated(x, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
     forward = common.jaxpr_flops(conv, x, kernel)
     assert forward == 2 * 4 * 4 * 5 * 3 * 3 * 4
     # the input gradient of a stride-2 conv (input-dilated by 2) costs what its forward costs, not 4x that

@@ -14,6 +14,7 @@ import pytest
 from absl import app
 
 from fcn_jax import main
+from fcn_jax.train import config_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = str(ROOT / "launch.sh")
@@ -86,7 +87,9 @@ def test_bad_overrides_are_one_line_before_anything_runs(tmp_path, overrides, me
 FAILING_SAVE = """
 import sys, threading
 from absl import app
-from fcn_jax import checkpoints, main
+from fcn_jax import main
+from fcn_jax.train import config_flags
+from fcn_jax.weights import checkpoints
 
 def failing_save(*args, **kwargs):  # as orbax does when a save fails: a background thread left waiting forever
     threading.Thread(target=threading.Event().wait, name="stuck-save").start()
@@ -94,7 +97,7 @@ def failing_save(*args, **kwargs):  # as orbax does when a save fails: a backgro
 
 checkpoints.save = failing_save
 sys.argv = ["main", "--config", "experiments/demo.py", "--workdir", sys.argv[1]] + sys.argv[2:]
-app.run(main.main, flags_parser=main.parse_flags)
+app.run(main.main, flags_parser=config_flags.parse_flags)
 """
 
 
@@ -117,8 +120,9 @@ def test_a_failing_checkpoint_save_ends_the_run_with_one_line_instead_of_hanging
 
 
 def test_repeated_overrides_are_found_by_key():
-    assert main.repeated_overrides(["--config.a=1", "--config.b=2", "--config.a=3", "--workdir=x"]) == ["--config.a"]
-    assert main.repeated_overrides(["--config.a=1", "--config.b=2"]) == []
+    assert config_flags.repeated_overrides(
+        ["--config.a=1", "--config.b=2", "--config.a=3", "--workdir=x"]) == ["--config.a"]
+    assert config_flags.repeated_overrides(["--config.a=1", "--config.b=2"]) == []
 
 
 def test_simulated_slurm_step_is_detected_and_initialises_jax_distributed():

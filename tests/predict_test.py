@@ -3,10 +3,12 @@ import os
 
 import numpy as np
 import pytest
+from evaluate_test import direct_mask, forward_fn, random_params, save_converted_weights, write_images
 from PIL import Image
 
-from evaluate_test import direct_mask, forward_fn, random_params, save_converted_weights, write_images
-from fcn_jax import inference, predict, visualize
+from fcn_jax import predict
+from fcn_jax.data import visualize
+from fcn_jax.infer import batching
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_padded_batches_give_the_padded_forward_cropped(converted, tmp_path):
                          "--pad_multiple", "32", "--batch_size", "3"]) == 0
     forward = forward_fn()
     for i, image in enumerate(images):
-        expected = direct_mask(forward, params, image, pad_to=inference.padded_shape(*image.shape[:2], 32))
+        expected = direct_mask(forward, params, image, pad_to=batching.padded_shape(*image.shape[:2], 32))
         _check_outputs(out, f"img{i}", image, expected, figure=False)
 
 
@@ -70,7 +72,7 @@ def test_buckets_bound_the_compilations_and_give_the_bucket_padded_forward(conve
     assert predict.main(["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(out),
                          "--buckets", "2", "--batch_size", "2"]) == 0
     assert capsys.readouterr().out.startswith(f"wrote 5 mask(s) to {out}: 2 compilation(s) ")
-    buckets = inference.bucket_shapes(sizes, 2)
+    buckets = batching.bucket_shapes(sizes, 2)
     assert sorted(set(buckets.values())) == [(37, 45), (60, 33)]  # the fewest padded pixels for two shapes
     forward = forward_fn()
     for i, image in enumerate(images):
@@ -111,4 +113,5 @@ def test_bad_inputs_fail_with_one_line_naming_them(converted, tmp_path, capsys):
         f"error: cannot read image {tmp_path / 'cut' / 'img0.jpg'}: image file is truncated")
     (tmp_path / "file").write_text("")
     assert _error(capsys, ["--weights", converted[1], "--input", str(tmp_path / "a"), "--output",
-                           str(tmp_path / "file")]) == f"error: --output {tmp_path / 'file'} is an existing file, not a folder"
+                           str(tmp_path / "file")]) == (f"error: --output {tmp_path / 'file'} is an existing file, "
+                                                        "not a folder")

@@ -1,0 +1,176 @@
+"""Your own segmentation data (and Cityscapes, ADE20K, PASCAL-Context, SIFT Flow) as a tfds dataset.
+
+Reads the files of a layout (data.layouts: a folder of images/ + labels/ + classes.json, or a benchmark's own
+tree) once, checks every example (image readable, label the image's size, every label value a class of the dataset
+description, data.dataset_info) and writes each split as array_record under data_dir, with the same machinery and
+checks as the VOC builder (data.voc_builder). Nothing is downloaded. `summary` gives the split sizes and the
+pixels of every class per split (what `python -m fcn_jax.folder_dataset` prints).
+
+A prepared data_dir remembers what it was built from (folder, description, split rule, a fingerprint of every
+file): reading it for another folder, or after files changed, is an error that says to use another data_dir.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tqdm import tqdm
+
+from fcn_jax.core.constants import IGNORE_LABEL
+from fcn_jax.data import (
+    dataset_info,
+    input_pipeline,  # noqa: F401  (imported first: it keeps TF off the accelerators)
+    layouts,
+)
+from fcn_jax.data.examples import SplitSource
+from fcn_jax.data.image_io import stored_image
+
+log = logging.getLogger(__name__)
+TRAIN_SPLIT_PREFIX = "train"  # with skip_bad_examples, bad examples of splits named train* are skipped
+
+
+@dataclasses.dataclass
+class FolderConfig(tfds.core.BuilderConfig):
+    layout: str = "folder"
+    classes: str = ""  # a classes.json overriding the layout's own description
+    val_fraction: float = 0.2  # the folder layout's seeded-ratio split
+    split_seed: int = 0
+    skip_bad_examples: bool = False
+
+
+def read_example(files: layouts.ExampleFiles, heads: dataset_info.Heads) -> dict:
+    """The tfds example of one image and its label (one map a head), or BadExampleError naming the bad file."""
+    image, size = stored_image(files.image)
+    return {"image": image, "label": layouts.read_labels(files, heads, size), "id": files.image_id}
+
+
+class FolderDataset(tfds.core.GeneratorBasedBuilder):
+    """Images with per-pixel labels, split by a layout, classes from a dataset description."""
+
+    name = "fcn_folder"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Folder, Cityscapes, ADE20K, PASCAL-Context and SIFT Flow layouts."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Point manual_dir at the dataset's folder (see fcn_jax.data.layouts)."
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        num_heads = len(layouts.HEADS.get(self.builder_config.layout, ((),)))
+        label = (tfds.features.Image(shape=(None, None, 1), encoding_format="png") if num_heads == 1 else
+                 tfds.features.Tensor(shape=(None, None, num_heads), dtype=np.uint8, encoding="zlib"))
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Semantic segmentation images and labels read from a local folder.",
+            features=tfds.features.FeaturesDict({
+                # encoding_format None: JPEG/PNG bytes are kept as they are, arrays are stored as PNG (lossless)
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format=None),
+                "label": label,
+                "id": tfds.features.Text(),
+            }),
+            metadata=tfds.core.MetadataDict(),
+            disable_shuffling=True,  # source[i] is the i-th example of the split's list
+        )
+
+    def _split_generators(self, dl_manager):
+        config = self.builder_config
+        root = pathlib.Path(dl_manager.manual_dir).resolve()
+        heads = layouts.describe_heads(config.layout, str(root), config.classes)
+        splits, rule = split_files(config, root)
+        log.info("%s %s: splits by %s", self.name, config.layout, rule)
+        self.info.metadata.update(manual_dir=str(root), split_rule=rule, dataset=heads_json(heads),
+                                  fingerprint=layouts.fingerprint(splits, heads_json(heads)))
+        return {split: self._generate_examples(split, files, heads) for split, files in splits.items()}
+
+    def _generate_examples(self, split, files, heads):
+        skip = self.builder_config.skip_bad_examples and split.startswith(TRAIN_SPLIT_PREFIX)
+        return layouts.read_examples(self.name, split, files, lambda f: read_example(f, heads), skip)
+
+
+def heads_json(heads: dataset_info.Heads) -> dict:
+    return {"heads": [[name, info.to_json()] for name, info in heads]}
+
+
+def split_files(config: FolderConfig, root: pathlib.Path) -> tuple[layouts.Splits, str]:
+    return layouts.split_files(config.layout, root, val_fraction=config.val_fraction, split_seed=config.split_seed)
+
+
+def builder(data_dir: str, layout: str = "folder", *, classes: str = "", val_fraction: float = 0.2,
+            split_seed: int = 0, skip_bad_examples: bool = False) -> FolderDataset:
+    name = layout + ("_skip_bad_examples" if skip_bad_examples else "")
+    config = FolderConfig(name=name, layout=layout, classes=classes, val_fraction=val_fraction,
+                          split_seed=split_seed, skip_bad_examples=skip_bad_examples)
+    return FolderDataset(data_dir=data_dir, config=config)
+
+
+def _check_built_from(prepared: FolderDataset, manual_dir: str) -> None:
+    """A data_dir prepared from other files (or the same files since changed) must not be read silently."""
+    config, root = prepared.builder_config, pathlib.Path(manual_dir).expanduser().resolve()
+    metadata = prepared.info.metadata
+    if metadata.get("manual_dir") != str(root):
+        raise ValueError(f"{prepared.data_dir}: prepared from {metadata.get('manual_dir')}, not {root}; use another "
+                         "data_dir for each dataset")
+    heads = layouts.describe_heads(config.layout, str(root), config.classes)
+    splits, _ = split_files(config, root)
+    if metadata.get("fingerprint") != layouts.fingerprint(splits, heads_json(heads)):
+        raise ValueError(f"{prepared.data_dir}: the files, classes or split settings of {root} changed since it was "
+                         f"prepared; delete {prepared.data_dir} to prepare it again")
+
+
+def prepare(data_dir: str, manual_dir: str, layout: str = "folder", **options) -> FolderDataset:
+    """Writes every split under data_dir once; later calls check it still matches manual_dir and reuse it."""
+    prepared = builder(data_dir, layout, **options)
+    if prepared.is_prepared():
+        _check_built_from(prepared, manual_dir)
+        return prepared
+    root = pathlib.Path(manual_dir).expanduser().resolve()
+    split_files(prepared.builder_config, root)  # layout errors before tfds, whose own messages are vaguer
+    layouts.describe_heads(layout, str(root), options.get("classes", ""))
+    prepared.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False))
+    return prepared
+
+
+def load_split(data_dir: str, split: str, manual_dir: str, layout: str = "folder", **options) -> SplitSource:
+    """Random-access source of `split` (prepared from manual_dir first if needed)."""
+    return split_source(prepare(data_dir, manual_dir, layout, **options), split, manual_dir)
+
+
+def split_source(prepared: FolderDataset, split: str, manual_dir: str) -> SplitSource:
+    """Random-access source of a split of a prepared dataset; an unknown split names the ones there are."""
+    if split not in prepared.info.splits:
+        raise ValueError(f"split {split!r} is not in {manual_dir} (its splits: {', '.join(prepared.info.splits)})")
+    return SplitSource(prepared.as_data_source(split))
+
+
+def prepared_heads(prepared: FolderDataset) -> dataset_info.Heads:
+    heads = prepared.info.metadata["dataset"]["heads"]
+    return tuple((name, dataset_info.from_json(dict(value), f"{prepared.data_dir} metadata")) for name, value in heads)
+
+
+def class_pixels(source, head_classes: tuple[int, ...], progress: bool = False) -> list[np.ndarray]:
+    """Per head, (classes + 1,) labelled pixels of every class over a split, then the ignored ones."""
+    counts = np.zeros((len(head_classes), 256), np.int64)
+    for i in tqdm(range(len(source)), desc="counting pixels", unit="image", disable=not progress, leave=False):
+        label = source[i]["label"].reshape(-1, len(head_classes))
+        for head in range(len(head_classes)):
+            counts[head] += np.bincount(label[:, head], minlength=256)
+    return [np.append(c[:k], c[IGNORE_LABEL]) for c, k in zip(counts, head_classes)]
+
+
+def summary(prepared: FolderDataset, progress: bool = False) -> str:
+    """Split sizes and per-class pixel counts (of every head), as the CLI prints them."""
+    heads = prepared_heads(prepared)
+    splits = list(prepared.info.splits)
+    head_classes = tuple(info.num_classes for _, info in heads)
+    counts = {s: class_pixels(SplitSource(prepared.as_data_source(s)), head_classes, progress) for s in splits}
+    lines = [f"{prepared.data_dir}", f"splits by {prepared.info.metadata['split_rule']}"]
+    width = max(12, *(len(n) + 2 for _, info in heads for n in info.classes))
+    lines += ["", f"{'':<{width}}" + "".join(f"{s:>14}" for s in splits),
+              f"{'images':<{width}}" + "".join(f"{prepared.info.splits[s].num_examples:>14}" for s in splits)]
+    for head, (name, info) in enumerate(heads):
+        lines += ["", f"{info.name}{f' (head {name})' if name else ''}: {info.num_classes} classes, labelled pixels"]
+        for index, class_name in enumerate((*info.classes, "(ignored)")):
+            lines.append(f"{class_name:<{width}}" + "".join(f"{counts[s][head][index]:>14}" for s in splits))
+    return "\n".join(lines)
