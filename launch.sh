@@ -20,6 +20,8 @@ CONFIG and WORKDIR are relative to the repository root (the script runs there).
 environment: PYTHON (default .venv/bin/python if present, else python3); CPU_DEVICES (cpu-procs: fake devices
   per process, default 2); PORT (cpu-procs: coordinator port, default a free one); TPU_REPO (tpu: the checkout
   on every worker, default ~/fcn_jax); TPU_PYTHON (tpu: default python3). XLA_FLAGS is kept and extended.
+exit code 75: stopped by SIGTERM / SIGINT (preemption) after saving a checkpoint; run the same command to resume
+  (SLURM requeueing and spot VMs: docs/scaling.md, "Preemption and requeueing").
 EOF
 }
 
@@ -117,7 +119,22 @@ case "$mode" in
     port="${PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
     is_count "$port" || die "PORT must be a positive integer, got '$port'"
     pids=()
-    trap '[[ ${#pids[@]} -eq 0 ]] || kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
+    # SIGTERM / SIGINT (or one process preempted, exit 75): every process saves the step they agree on and exits
+    # 75; wait for them all, then exit 75 too ("resume me"), instead of leaving them behind.
+    stop() {
+      trap '' INT TERM
+      kill -TERM "${pids[@]}" 2>/dev/null || true
+      local code=0 pid status
+      for pid in "${pids[@]}"; do
+        status=0
+        wait "$pid" 2>/dev/null || status=$?
+        if [[ $status == 75 ]]; then code=75; elif [[ $status != 0 && $status != 127 && $code == 0 ]]; then code=$status; fi
+      done
+      pids=()
+      exit "${1:-$code}"
+    }
+    trap stop INT TERM
+    trap '[[ ${#pids[@]} -eq 0 ]] || kill "${pids[@]}" 2>/dev/null || true' EXIT
     for ((i = 0; i < num_procs; i++)); do
       cmd=(env JAX_PLATFORMS=cpu "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$cpu_devices"
         "$PYTHON" "${train[@]}" --coordinator_address="127.0.0.1:$port" --num_processes="$num_procs" --process_id="$i")
@@ -131,6 +148,7 @@ case "$mode" in
     for _ in "${pids[@]}"; do
       status=0
       wait -n || status=$?
+      [[ $status != 75 ]] || stop 75
       [[ $status == 0 ]] || exit "$status"
     done
     pids=()

@@ -14,6 +14,7 @@ import os
 import sys
 
 from fcn_jax.flows import ablation
+from fcn_jax.train import preemption
 
 
 def parse_args(argv):
@@ -37,9 +38,13 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax / tfds chatter
+    preemption.stop_on_sigterm()
     try:
         ablation.run(args.sweep, args.workdir, steps=args.steps, processes=args.processes, only=args.variant,
             settings=args.settings)
+    except (preemption.Stopped, KeyboardInterrupt) as stopped:  # SIGTERM / SIGINT: what finished is kept
+        print(f"ablate: {preemption.stopped_message(stopped)}", file=sys.stderr)
+        return preemption.EXIT_CODE
     except (ValueError, OSError, FloatingPointError, RuntimeError) as error:  # SweepError, ConfigError, WorkdirError
         print(f"error: {error}", file=sys.stderr)
         return 1

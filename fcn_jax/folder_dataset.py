@@ -4,7 +4,9 @@
 
 reads the files of a layout (fcn_jax.data.layouts) once, checks every example, writes each split as array_record
 under data_dir (fcn_jax.data.folder_builder) and prints the split sizes and the pixels of every class per split.
-A prepared data_dir remembers what it was built from: reading it after the folder changed is an error.
+A prepared data_dir remembers what it was built from: reading it after the folder changed is an error. A class no
+split labels is a warning (with the fix of 0/255 masks); Ctrl-C or SIGTERM stops a build in one line, leaving no
+partial folder, and what a killed build left is removed by the next one.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import logging
 import sys
 
 from fcn_jax.data import layouts
+
+STOPPED = 130  # exit code of a build stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports Ctrl-C)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM during the build (layouts.tfds_build)
+        print(f"stopped: an unfinished build leaves nothing in {args.data_dir}; run the same command again",
+              file=sys.stderr)
+        return STOPPED
     return 0
 
 

@@ -5,7 +5,8 @@ Runs as one process over every local device, or as one of several processes (hos
   - auto-detected: a SLURM job step with several tasks (srun), a GKE TPU slice;
   - --distributed: jax.distributed.initialize() detects the cluster itself (TPU VM pod slices, Open MPI).
 Every process runs the same program; process 0 alone logs progress and writes metrics, TensorBoard and samples;
-all processes take part in checkpointing (orbax coordinates them). See docs/scaling.md.
+all processes take part in checkpointing (orbax coordinates them). SIGTERM or SIGINT stops training with a
+checkpoint of the step in flight and exit code 75 (preempted: the same command resumes). See docs/scaling.md.
 """
 from __future__ import annotations
 
@@ -85,6 +86,9 @@ def main(argv) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF (tf.data, imported with the data) stays quiet
     import jax
 
+    from fcn_jax.train import preemption
+
+    preemption.stop_on_sigterm()  # first: with several processes, jax.distributed's notifier then takes SIGTERM over
     if init_kwargs is not None:
         jax.distributed.initialize(**init_kwargs)  # before anything touches a JAX backend
 
@@ -95,6 +99,11 @@ def main(argv) -> None:
         handler.addFilter(_QuietLibraries())
     try:
         result = job.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (preemption.Stopped, KeyboardInterrupt) as stopped:  # SIGTERM / SIGINT: saved, resumable
+        print(f"fcn_jax: {preemption.stopped_message(stopped)}", file=sys.stderr)
+        if jax.process_count() == 1:
+            _exit_now(preemption.EXIT_CODE)
+        sys.exit(preemption.EXIT_CODE)  # several processes: jax.distributed shuts down at exit, in step
     except (ValueError, OSError, FloatingPointError) as error:  # bad config, data, workdir: one line
         print(f"error: {error}", file=sys.stderr)
         _exit_now(1)

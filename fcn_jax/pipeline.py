@@ -16,7 +16,7 @@ import sys
 import ml_collections
 
 from fcn_jax.flows import pipeline
-from fcn_jax.train import config_flags
+from fcn_jax.train import config_flags, preemption
 
 
 def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, str]:
@@ -41,8 +41,12 @@ def main(argv=None) -> int:
     config, workdir = parse_args(sys.argv if argv is None else ["pipeline", *argv])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax / tfds chatter
+    preemption.stop_on_sigterm()
     try:
         pipeline.run_pipeline(config, workdir)
+    except (preemption.Stopped, KeyboardInterrupt) as stopped:  # SIGTERM / SIGINT: finished stages are kept
+        print(f"pipeline: {preemption.stopped_message(stopped)}", file=sys.stderr)
+        return preemption.EXIT_CODE
     except (ValueError, OSError, FloatingPointError) as error:  # ConfigError and SweepError are ValueErrors
         print(f"error: {error}", file=sys.stderr)
         return 1

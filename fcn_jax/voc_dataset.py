@@ -3,12 +3,16 @@
     python -m fcn_jax.voc_dataset --manual_dir ~/data/voc_raw --data_dir ~/data/tfds
 
 manual_dir holds VOCdevkit/VOC2012/ and benchmark_RELEASE/dataset/ (fcn_jax.data.voc); nothing is downloaded.
+Ctrl-C or SIGTERM stops a build in one line, leaving no partial folder; what a killed build left is removed by the
+next one.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+
+STOPPED = 130  # exit code of a build stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports Ctrl-C)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM during the build (layouts.tfds_build)
+        print(f"stopped: an unfinished build leaves nothing in {args.data_dir}; run the same command again",
+              file=sys.stderr)
+        return STOPPED
     print(f"{builder.data_dir}")
     print(f"seg11valid: {builder.info.metadata['seg11valid_rule']}")
     for split in voc.SPLITS:

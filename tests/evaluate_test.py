@@ -265,6 +265,41 @@ def test_report_and_json_mark_absent_classes(tmp_path):
     heads = (("", dataset_info.from_json({"classes": ["background", "cat", "dog"]})),)
     assert evaluation.report(result, heads).splitlines() == [
         "pixel acc      80.00", "mean acc       87.50", "mean IU        62.50", "fw IU          70.00", "",
-        "class             IU", "background     75.00", "cat            50.00", "dog              n/a"]
+        "class             IU", "background     75.00", "cat            50.00", "dog              n/a",
+        "warning: no labelled pixel of class dog in these labels: no score measures it (its IU is n/a, or 0 where "
+        "predicted)"]
     assert json.loads(evaluation.to_json(result, heads, data="x"))["per_class_iou"] == {
         "background": 0.75, "cat": 0.5, "dog": None}
+
+
+def test_0_255_masks_scored_as_background_alone_are_not_a_silent_100(tmp_path):
+    """The hostile tour's binary masks: every object pixel 255 (ignored), so the background scores 100.00 alone."""
+    confusion = np.array([[9, 0], [0, 0]], np.int64)
+    result = {**metrics.segmentation_metrics(confusion), "confusion": confusion.tolist()}
+    heads = (("", dataset_info.from_json({"classes": ["background", "object"], "encoding": "index"})),)
+    lines = evaluation.report(result, heads).splitlines()
+    assert lines[2] == "mean IU       100.00" and lines[-2] == "object           n/a"
+    assert lines[-1] == (
+        "warning: no labelled pixel of class object in these labels: no score measures it (its IU is n/a, or 0 where "
+        "predicted); the labels hold only 0 and 255, and 255 is the ignore label: for 0/255 masks (255 = object) add "
+        '"id_map": {"0": 0, "255": 1} to the dataset\'s classes.json')
+    predicted = {**metrics.segmentation_metrics([[7, 2], [0, 0]]), "confusion": [[7, 2], [0, 0]]}
+    assert evaluation.report(predicted, heads).splitlines()[-1].startswith(  # predicted, never labelled: IU 0
+        "warning: no labelled pixel of class object in these labels")
+
+
+def test_a_label_saved_as_stem_dot_upper_case_png_is_found(weights, folder, tmp_path, capsys):
+    """The hostile tour's `img1.PNG`: paired with img1.png's image, scored as the lower-case one."""
+    import shutil
+
+    labels = tmp_path / "labels"
+    shutil.copytree(folder["labels_dir"], labels)
+    os.rename(labels / "img1.png", labels / "img1.PNG")
+    outputs = []
+    for labels_dir in (folder["labels_dir"], str(labels)):
+        outputs.append(tmp_path / f"{len(outputs)}.json")
+        assert evaluate.main(["--weights", weights["converted"], "--images", folder["images_dir"], "--labels",
+                              labels_dir, "--output", str(outputs[-1])]) == 0
+    original, upper = (json.loads(path.read_text()) for path in outputs)
+    assert upper["confusion"] == original["confusion"] and upper["num_images"] == 3
+    assert upper["num_pixels"] == sum(int((label != 255).sum()) for label in folder["labels"])

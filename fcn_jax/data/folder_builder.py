@@ -3,8 +3,9 @@
 Reads the files of a layout (data.layouts: a folder of images/ + labels/ + classes.json, or a benchmark's own
 tree) once, checks every example (image readable, label the image's size, every label value a class of the dataset
 description, data.dataset_info) and writes each split as array_record under data_dir, with the same machinery and
-checks as the VOC builder (data.voc_builder). Nothing is downloaded. `summary` gives the split sizes and the
-pixels of every class per split (what `python -m fcn_jax.folder_dataset` prints).
+checks as the VOC builder (data.voc_builder). Nothing is downloaded. The build records the pixels of every class
+per split; `summary` gives them with the split sizes (what `python -m fcn_jax.folder_dataset` prints), and a class
+without a labelled pixel in any split is a warning (data.label_checks), at the build and whenever the data is read.
 
 A prepared data_dir remembers what it was built from (folder, description, split rule, a fingerprint of every
 file): reading it for another folder, or after files changed, is an error that says to use another data_dir.
@@ -23,6 +24,7 @@ from fcn_jax.core.constants import IGNORE_LABEL
 from fcn_jax.data import (
     dataset_info,
     input_pipeline,  # noqa: F401  (imported first: it keeps TF off the accelerators)
+    label_checks,
     layouts,
 )
 from fcn_jax.data.examples import SplitSource
@@ -83,8 +85,16 @@ class FolderDataset(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(split, files, heads) for split, files in splits.items()}
 
     def _generate_examples(self, split, files, heads):
+        """The split's examples; once all are read, their pixels per class go into the metadata (class_pixels)."""
         skip = self.builder_config.skip_bad_examples and split.startswith(TRAIN_SPLIT_PREFIX)
-        return layouts.read_examples(self.name, split, files, lambda f: read_example(f, heads), skip)
+        counts = np.zeros((len(heads), 256), np.int64)
+        for key, example in layouts.read_examples(self.name, split, files, lambda f: read_example(f, heads), skip):
+            label = example["label"].reshape(-1, len(heads))
+            counts += np.stack([np.bincount(label[:, head], minlength=256) for head in range(len(heads))])
+            yield key, example
+        head_classes = tuple(info.num_classes for _, info in heads)
+        pixels = [np.append(c[:k], c[IGNORE_LABEL]).tolist() for c, k in zip(counts, head_classes)]
+        self.info.metadata.setdefault("class_pixels", {})[split] = pixels  # written with the metadata after the build
 
 
 def heads_json(heads: dataset_info.Heads) -> dict:
@@ -122,13 +132,16 @@ def prepare(data_dir: str, manual_dir: str, layout: str = "folder", **options) -
     prepared = builder(data_dir, layout, **options)
     if prepared.is_prepared():
         _check_built_from(prepared, manual_dir)
-        return prepared
-    root = pathlib.Path(manual_dir).expanduser().resolve()
-    split_files(prepared.builder_config, root)  # layout errors before tfds, whose own messages are vaguer
-    layouts.describe_heads(layout, str(root), options.get("classes", ""))
-    prepared.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False))
+    else:
+        root = pathlib.Path(manual_dir).expanduser().resolve()
+        split_files(prepared.builder_config, root)  # layout errors before tfds, whose own messages are vaguer
+        layouts.describe_heads(layout, str(root), options.get("classes", ""))
+        with layouts.tfds_build(prepared.data_dir):
+            prepared.download_and_prepare(
+                file_format="array_record",
+                download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False))
+    for line in label_warnings(prepared):
+        log.warning("warning: %s", line)
     return prepared
 
 
@@ -149,6 +162,33 @@ def prepared_heads(prepared: FolderDataset) -> dataset_info.Heads:
     return tuple((name, dataset_info.from_json(dict(value), f"{prepared.data_dir} metadata")) for name, value in heads)
 
 
+def label_warnings(prepared: FolderDataset) -> list[str]:
+    """One line per head with a class no split labels (data.label_checks), from the counts the build recorded."""
+    pixels = prepared.info.metadata.get("class_pixels") or {}
+    config, root = prepared.builder_config, prepared.info.metadata.get("manual_dir", "")
+    description = config.classes or (f"{root}/classes.json" if config.layout == "folder" else "a classes.json")
+    fix_in = f"{description} (then delete {prepared.data_dir} and build again)"
+    lines = []
+    for head, (name, info) in enumerate(prepared_heads(prepared) if pixels else ()):
+        total = np.sum([np.asarray(pixels[split][head], np.int64) for split in pixels], axis=0)
+        line = label_checks.unlabelled_warning(info, total[:-1], f"in any split ({', '.join(pixels)})",
+                                               ignored=int(total[-1]), fix_in=fix_in)
+        if line:
+            lines.append(f"{prepared.data_dir}{f' head {name}' if name else ''}: {line}")
+    return lines
+
+
+def split_pixels(prepared: FolderDataset, progress: bool = False) -> dict[str, list[np.ndarray]]:
+    """Per split and head, (classes + 1,) labelled pixels of every class, then the ignored ones: as the build
+    recorded them, else (a data_dir built before it did) counted now."""
+    stored = prepared.info.metadata.get("class_pixels") or {}
+    if set(stored) == set(prepared.info.splits):
+        return {split: [np.asarray(c, np.int64) for c in stored[split]] for split in prepared.info.splits}
+    head_classes = tuple(info.num_classes for _, info in prepared_heads(prepared))
+    return {s: class_pixels(SplitSource(prepared.as_data_source(s)), head_classes, progress)
+            for s in prepared.info.splits}
+
+
 def class_pixels(source, head_classes: tuple[int, ...], progress: bool = False) -> list[np.ndarray]:
     """Per head, (classes + 1,) labelled pixels of every class over a split, then the ignored ones."""
     counts = np.zeros((len(head_classes), 256), np.int64)
@@ -163,8 +203,7 @@ def summary(prepared: FolderDataset, progress: bool = False) -> str:
     """Split sizes and per-class pixel counts (of every head), as the CLI prints them."""
     heads = prepared_heads(prepared)
     splits = list(prepared.info.splits)
-    head_classes = tuple(info.num_classes for _, info in heads)
-    counts = {s: class_pixels(SplitSource(prepared.as_data_source(s)), head_classes, progress) for s in splits}
+    counts = split_pixels(prepared, progress)
     lines = [f"{prepared.data_dir}", f"splits by {prepared.info.metadata['split_rule']}"]
     width = max(12, *(len(n) + 2 for _, info in heads for n in info.classes))
     lines += ["", f"{'':<{width}}" + "".join(f"{s:>14}" for s in splits),

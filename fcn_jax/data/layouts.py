@@ -1,8 +1,9 @@
 """Where a dataset's images and labels lie on disk: the split -> (image, label) file lists of every layout.
 
 Pure Python (no TensorFlow): the tfds builder (data.folder_builder) and data.examples.FolderSource read these lists.
-Every layout checks that each listed image has its label and that no split is empty, naming the file or list at
-fault.
+Every layout checks that each listed image has its label (extensions in any case: `.PNG` too) and that no split is
+empty, naming the file or list at fault. `tfds_build` wraps the builders' tfds builds: what a killed build left is
+removed before the next one, and a stopped build removes its own.
 
   folder          ROOT/classes.json (the dataset description, data.dataset_info) and images + labels of
                   the same stems (labels are PNGs), split in one of three ways, tried in this order:
@@ -23,11 +24,15 @@ fault.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
 import pathlib
+import shutil
+import signal
+import threading
 
 import numpy as np
 
@@ -95,6 +100,36 @@ def read_examples(name: str, split: str, files: list[ExampleFiles], read, skip: 
         log.warning("%s %s: skipped %d of %d bad examples", name, split, skipped, len(files))
 
 
+def remove_incomplete(version_dir: str) -> list[pathlib.Path]:
+    """Remove what a killed tfds build left (its `incomplete.*` folder beside `version_dir`, and in the dataset's
+    .config/), one line each; the paths removed."""
+    config_dir = pathlib.Path(version_dir).parent
+    removed = sorted([*config_dir.glob("incomplete.*"), *(config_dir.parent / ".config").glob("incomplete.*")])
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        log.warning("removed %s, left by an interrupted build", path)
+    return removed
+
+
+@contextlib.contextmanager
+def tfds_build(version_dir: str):
+    """Around a tfds build into `version_dir`: the leftovers of a killed one removed first, and SIGTERM raised as
+    KeyboardInterrupt (where nothing else handles it), so that tfds removes its own partial folder when stopped."""
+    remove_incomplete(version_dir)
+    in_main = threading.current_thread() is threading.main_thread()
+    take_sigterm = in_main and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if take_sigterm:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if take_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def read_labels(files: ExampleFiles, heads: dataset_info.Heads, size: tuple[int, int]) -> np.ndarray:
     """(H, W, heads) uint8 class ids of an example's label files (one a head, decoded by the head's description),
     or a BadExampleError naming a label whose size is not the image's `size`."""
@@ -126,13 +161,16 @@ def files_by_stem(directory: pathlib.Path, extensions=IMAGE_EXTENSIONS) -> dict[
 
 def folder_pairs(images_dir: pathlib.Path, labels_dir: pathlib.Path, stems=None,
                  listed_in=None) -> list[ExampleFiles]:
-    """The images of a folder (or those of `stems`, in that order) with their labels `<labels_dir>/<stem>.png`."""
+    """The images of a folder (or those of `stems`, in that order) with their labels `<labels_dir>/<stem>.png`
+    (the extension in any case: `.PNG` too)."""
     images = files_by_stem(images_dir)
     stems = sorted(images) if stems is None else stems
     missing = [s for s in stems if s not in images]
     if missing:
         raise BadExampleError(f"{listed_in}: id {missing[0]!r} has no image in {images_dir}")
-    return [ExampleFiles(s, images[s], labels_dir / f"{s}.png", listed_in or images_dir) for s in stems]
+    labels = files_by_stem(labels_dir, (".png",)) if labels_dir.is_dir() else {}
+    return [ExampleFiles(s, images[s], labels.get(s, labels_dir / f"{s}.png"), listed_in or images_dir)
+            for s in stems]
 
 
 def folder(root: pathlib.Path, *, val_fraction: float = 0.2, split_seed: int = 0) -> tuple[Splits, str]:

@@ -18,7 +18,7 @@ from fcn_jax.data import (
     voc,
 )
 from fcn_jax.data.examples import SplitSource
-from fcn_jax.data.layouts import read_examples
+from fcn_jax.data.layouts import read_examples, tfds_build
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,11 @@ def prepare(data_dir: str, manual_dir: str, *, skip_bad_examples: bool = False) 
         _check_same_manual_dir(builder, manual_dir)
         return builder
     voc.check_layout(pathlib.Path(manual_dir))  # before tfds, whose own message is vaguer
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False),
-    )
+    with tfds_build(builder.data_dir):
+        builder.download_and_prepare(
+            file_format="array_record",
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False),
+        )
     return builder
 
 

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import ml_collections
 
 from fcn_jax.core.constants import SCORES
+from fcn_jax.train import preemption
 from fcn_jax.weights import artifacts
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -163,9 +165,12 @@ def run(sweep: str, workdir: str, *, steps: int | None = None, processes: bool =
             command = [sys.executable, "-m", "fcn_jax.ablate", "--sweep", sweep, "--workdir", workdir,
                        "--variant", name] + ([] if steps is None else ["--steps", str(steps)]) + [
                 f"--set={setting}" for setting in settings]
-            completed = subprocess.run(command)
-            if completed.returncode:
-                raise RuntimeError(f"variant {name} failed (exit code {completed.returncode}): {' '.join(command)}")
+            returncode = run_child(command)
+            if returncode == preemption.EXIT_CODE:
+                raise preemption.Stopped(f"variant {name} stopped by a signal, its checkpoint and the finished "
+                                         f"variants kept; run the same command to resume (exit code {returncode})")
+            if returncode:
+                raise RuntimeError(f"variant {name} failed (exit code {returncode}): {' '.join(command)}")
         results.append(run_variant(config, variant_dir))
     command = " ".join(["python -m fcn_jax.ablate --sweep", sweep, "--workdir", workdir]
                        + ([] if steps is None else ["--steps", str(steps)])
@@ -173,6 +178,24 @@ def run(sweep: str, workdir: str, *, steps: int | None = None, processes: bool =
     write_results(base, variants, results, workdir, title=f"{sweep}, {base.train.num_steps} steps each",
                   command=command)
     return results
+
+
+def run_child(command: list[str]) -> int:
+    """Run a variant's process; a signal stopping this one (KeyboardInterrupt) stops it first, with its checkpoint,
+    instead of leaving it orphaned and training beside the rerun."""
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except BaseException:
+        process.send_signal(signal.SIGTERM)
+        while process.poll() is None:  # a second signal must not orphan it either
+            try:
+                process.wait()
+            except KeyboardInterrupt:
+                pass
+        if process.returncode == preemption.EXIT_CODE:  # it saved its step: say which variant stopped
+            return process.returncode
+        raise
 
 
 def total_steps(variants, workdir: str) -> dict[str, int]:

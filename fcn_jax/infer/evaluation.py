@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 from fcn_jax.core.constants import SCORES
-from fcn_jax.data import dataset_info, examples
+from fcn_jax.data import dataset_info, examples, label_checks
 from fcn_jax.infer import batching, modes
 from fcn_jax.infer.network import Network
 from fcn_jax.infer.runner import Runner
@@ -54,7 +56,17 @@ def report(result: dict, heads: dataset_info.Heads) -> str:
         lines += [f"{label:<{width}}{percent(result[key + suffix])}" for key, label in SCORES]
         lines += ["", f"{'class':<{width}}{'IU':>8}"]
         lines += [f"{c:<{width}}{percent(iou)}" for c, iou in zip(info.classes, result["per_class_iou" + suffix])]
+        warning = label_checks.unlabelled_warning(info, labelled_pixels(result, suffix), "in these labels")
+        lines += [f"warning: {warning}"] * bool(warning)
     return "\n".join(lines)
+
+
+def labelled_pixels(result: dict, suffix: str = "") -> list[int]:
+    """Pixels labelled with each class: the confusion matrix's rows where the result holds it, else 1 for a class
+    with an IU and 0 for one whose IU is n/a (absent from the labels and the predictions)."""
+    if "confusion" + suffix in result:
+        return np.asarray(result["confusion" + suffix], np.int64).sum(axis=1).tolist()
+    return [0 if math.isnan(iou) else 1 for iou in result["per_class_iou" + suffix]]
 
 
 def to_json(result: dict, heads: dataset_info.Heads, **context) -> str:

@@ -3,7 +3,8 @@
 What differs between trainings is a `Job` (state, step function, batches, evaluation); what every
 training does lives here once: skip a finished workdir, refuse one trained under another config,
 resume from the latest checkpoint, compile the step once, log (metrics.jsonl, TensorBoard, a progress
-bar), evaluate, checkpoint, stop on a non-finite step, and leave result.json when done.
+bar), evaluate, checkpoint, stop on a non-finite step, stop with a checkpoint on SIGTERM / SIGINT
+(preemption), hold the workdir against a second run, and leave result.json when done.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import jax
 
 from fcn_jax.core import parallel
 from fcn_jax.models import zoo
-from fcn_jax.train import xla_options
-from fcn_jax.weights import artifacts, checkpoints
+from fcn_jax.train import preemption, xla_options
+from fcn_jax.weights import artifacts, checkpoints, workdir_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,36 +62,47 @@ def run(config: dict, workdir: str, cadence: Cadence, make_job: Callable[[], Job
 
     A workdir that finished under `config` returns its result.json without building the job; one trained under a
     config that differs in more than `resumable_keys` (the dotted keys, or their prefixes, that may change between
-    runs: the cadence) is a WorkdirError naming the keys.
+    runs: the cadence) is a WorkdirError naming the keys, and so is a workdir another run is training. A signal
+    stops the run with a checkpoint: preemption.Preempted.
     """
-    result = artifacts.finished_or_resumable(config, workdir, resumable_keys)
-    if result is not None:
-        logging.info("%s: finished already in %s (%s)", name, workdir, artifacts.RESULT_FILE)
-        return result
     is_writer = jax.process_index() == 0
-    if is_writer:  # evaluate/predict read the model settings back from it
-        artifacts.write_json(os.path.join(workdir, artifacts.CONFIG_FILE), config)
+    with workdir_lock.hold(workdir, active=is_writer), preemption.Watcher() as watcher:
+        result = artifacts.finished_or_resumable(config, workdir, resumable_keys)
+        if result is not None:
+            logging.info("%s: finished already in %s (%s)", name, workdir, artifacts.RESULT_FILE)
+            return result
+        return _run(config, workdir, cadence, make_job, name, watcher)
+
+
+def _run(config: dict, workdir: str, cadence: Cadence, make_job: Callable[[], Job], name: str,
+         watcher: preemption.Watcher) -> dict:
+    is_writer = jax.process_index() == 0
     _check_writable(os.path.join(workdir, artifacts.CHECKPOINTS_DIR))
     job = make_job()
     num_params = zoo.count_params(job.state.params)  # before the first step donates the state
     manager = checkpoints.create_manager(os.path.join(workdir, artifacts.CHECKPOINTS_DIR),
                                          keep=cadence.keep_checkpoints, async_save=cadence.async_checkpoint,
                                          best_metric=job.best_metric)
-    state, rng = job.state, job.rng
+    state, rng, pending_eval = job.state, job.rng, False
     if manager.latest_step() is not None:
         directory = os.path.join(workdir, artifacts.CHECKPOINTS_DIR)
-        step, (state, rng, _) = checkpoints.newest_intact(
+        step, (state, rng, meta) = checkpoints.newest_intact(
             manager.all_steps(), lambda step: checkpoints.restore(manager, job.state, job.rng, step), directory)
         if step != manager.latest_step() and is_writer:  # set the damaged ones aside: their steps get saved again
             checkpoints.set_aside(directory, [s for s in manager.all_steps() if s > step])
             manager.reload()
         logging.info("%s: resumed from %s at step %d", name, workdir, step)
+        pending_eval = bool(meta.get("pending_eval"))
     elif job.init is not None:
         state = job.init(state)
+    if is_writer:  # after the restore: checkpoints of another model must not get this config (evaluate reads it)
+        artifacts.write_json(os.path.join(workdir, artifacts.CONFIG_FILE), config)
     start_step = int(parallel.fetch(state.step))
     writer = artifacts.Writer(workdir, start_step, active=is_writer)
     try:
-        result = _train(job, cadence, state, rng, start_step, manager, writer, workdir, name)
+        result = _train(job, cadence, state, rng, start_step, manager, writer, workdir, name, watcher, pending_eval)
+    except preemption.Interrupted as interrupted:  # in the compilation or a resumed evaluation: nothing new to save
+        raise preemption.Preempted(interrupted.signal_name, start_step, workdir, saved=False) from None
     finally:
         manager.wait_until_finished()
         manager.close()
@@ -126,16 +138,20 @@ def compile_step(job: Job, state: Any, rng: jax.Array):
     return compiled
 
 
-def _train(job: Job, cadence: Cadence, state, rng, start_step: int, manager, writer, workdir: str, name: str) -> dict:
+def _train(job: Job, cadence: Cadence, state, rng, start_step: int, manager, writer, workdir: str, name: str,
+           watcher: preemption.Watcher, pending_eval: bool) -> dict:
     """Steps start_step + 1 .. num_steps; returns the last evaluation's scores."""
     num_steps = cadence.num_steps
     result: dict = {}
-    if start_step >= num_steps:  # stopped after its last checkpoint, before result.json: only the scores are missing
-        if job.evaluate is not None:
+    # Saved before its evaluation (it failed or was interrupted), or stopped after its last checkpoint before
+    # result.json: score that step first.
+    if (pending_eval or start_step >= num_steps) and job.evaluate is not None:
+        with watcher.interruptible():
             result = job.evaluate(state.params, start_step)
-            writer.write(start_step, job.eval_split, result)
+        writer.write(start_step, job.eval_split, result)
+    if start_step >= num_steps:
         return result
-    compiled = compile_step(job, state, rng)
+    compiled = watcher.run_interruptibly(lambda: compile_step(job, state, rng))
     batches = job.batches(start_step)  # local to this call: a tf.data iterator must not outlive its loop
     progress = _progress(start_step, num_steps, name)
     last_good_step = manager.latest_step()
@@ -165,28 +181,35 @@ def _train(job: Job, cadence: Cadence, state, rng, start_step: int, manager, wri
             is_eval = job.evaluate is not None and (
                 (cadence.eval_every and step % cadence.eval_every == 0) or step == num_steps)
             is_checkpoint = step % cadence.checkpoint_every == 0 or step == num_steps
-            if is_checkpoint:
+            stop = watcher.should_stop(step)  # every process, every step: they agree on the step to stop at
+            if is_checkpoint or stop or is_eval:
                 _check_finite(*pending, last_good_step, workdir)
             if is_eval:
                 try:
-                    result = job.evaluate(state.params, step)
-                except BaseException:  # the evaluation failed: keep this step's training all the same
-                    if is_checkpoint:
-                        _save(manager, step, state, rng, None)
+                    with watcher.interruptible():
+                        result = job.evaluate(state.params, step)
+                except BaseException as error:  # failed or interrupted: keep this step's training, score it on resume
+                    _save(manager, step, state, rng, None, pending_eval=True)
+                    if isinstance(error, preemption.Interrupted):
+                        raise preemption.Preempted(error.signal_name, step, workdir, saved=True) from None
                     raise
                 writer.write(step, job.eval_split, result)
                 window_start = time.time()  # images/s measures training only
-            if is_checkpoint:
+            if is_checkpoint or stop:
                 ranked = {job.best_metric: result[job.best_metric]} if is_eval and job.best_metric else None
                 _save(manager, step, state, rng, ranked)
                 last_good_step = step
+            if stop:
+                progress.update(step - progress.n)
+                raise preemption.Preempted(watcher.signal_name or "SIGTERM", step, workdir, saved=True)
     finally:
         progress.close()
     return result
 
 
-def _save(manager, step: int, state, rng, ranked: dict | None) -> None:
-    checkpoints.save(manager, step, state, rng, {"step": step, "input_position": step}, metrics=ranked)
+def _save(manager, step: int, state, rng, ranked: dict | None, pending_eval: bool = False) -> None:
+    meta = {"step": step, "input_position": step, "pending_eval": pending_eval}
+    checkpoints.save(manager, step, state, rng, meta, metrics=ranked)
 
 
 def _check_spike(step: int, loss: float, losses: list[float], factor: float, last_good_step: int | None,

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fcn_jax.data import dataset_info, examples, visualize
+from fcn_jax.data import dataset_info, examples, label_checks, visualize
 from fcn_jax.infer.runner import Runner
 from fcn_jax.models import zoo
 from fcn_jax.weights import artifacts
@@ -50,8 +50,12 @@ def validate(params: Any, step: int, *, config, eval_source, runner: Runner, wor
         scores = runner.scores(params, examples.checked_examples(eval_source, tuple(k for _, k in heads)))
     result = scores.result()
     for index, (name, head_info) in enumerate(info):  # metrics.jsonl names the classes
-        key = "per_class_iou" + (f"_{name}" if index else "")
-        result[key] = dict(zip(head_info.classes, result[key]))
+        suffix = f"_{name}" if index else ""
+        result["per_class_iou" + suffix] = dict(zip(head_info.classes, result["per_class_iou" + suffix]))
+        warning = label_checks.unlabelled_warning(head_info, scores.confusions[suffix].sum(axis=1),
+                                                  f"in {config.data.eval_split}")
+        if warning and jax.process_index() == 0:  # IU n/a, mean IU over the other classes: not to pass silently
+            logging.warning("step %d%s: %s", step, f" head {name}" if index else "", warning)
     logging.info("step %d %s: pixel acc %.4f  mean acc %.4f  mean IU %.4f  fw IU %.4f (%d eval compilation(s))",
                  step, config.data.eval_split, result["pixel_acc"], result["mean_acc"], result["mean_iou"],
                  result["fw_iou"], runner.compilations)

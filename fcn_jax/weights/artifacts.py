@@ -63,8 +63,16 @@ def json_clean(value: Any) -> Any:
 
 
 def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """A JSON file of a workdir or weights folder; one edited into invalid JSON is a WorkdirError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise WorkdirError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
+                           "fix or restore it") from None
+    except UnicodeDecodeError as error:
+        raise WorkdirError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); fix or restore it"
+                           ) from None
 
 
 # ----------------------------------------------------------------------------- metrics.jsonl

@@ -9,13 +9,23 @@ for the current mesh, so a run may resume on a different device count.
 
 Retention: the `keep` latest checkpoints plus the one with the best mean IU.
 
+A save that fails (a full disk) is one line, CheckpointSaveError, with its partial `<step>.orbax-checkpoint-tmp`
+folder removed (orbax's own tracebacks, logged from each thread the failure passes, are dropped). Checkpoints of
+another model (config.json deleted, then another width) are a ModelMismatchError, not "damaged".
+
 This is the only module that drives orbax: training checkpoints, converted weights
 (`save_params` / `load_converted`) and reading params back for init_from, evaluate and predict.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+import shutil
+import sys
+import threading
+import time
 from typing import Any
 
 import jax
@@ -27,6 +37,99 @@ from orbax.checkpoint import checkpoint_managers
 from fcn_jax.weights import artifacts
 
 BEST_METRIC = "mean_iou"
+TMP_DIR = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")  # orbax writes step s there, then renames it to s
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint that could not be written (disk full, ...): one line, its partial folder removed."""
+
+
+class ModelMismatchError(artifacts.WorkdirError):
+    """Intact checkpoints of another model or config than the one restoring them: not damage."""
+
+
+class _DropOrbaxTracebacks(logging.Filter):
+    """orbax logs a failed save's exception with its traceback from every thread it passes (4 to 8 times, hundreds
+    of lines); the exception itself reaches manager.save / wait_until_finished, which report it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _drop_orbax_tracebacks() -> None:
+    absl_logger = logging.getLogger("absl")  # orbax logs through absl
+    if not any(isinstance(f, _DropOrbaxTracebacks) for f in absl_logger.filters):
+        absl_logger.addFilter(_DropOrbaxTracebacks())
+    if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
+        sys.unraisablehook = _without_closed_loop_callbacks(sys.unraisablehook)
+
+
+def _without_closed_loop_callbacks(previous):
+    """An unraisable-exception hook dropping 'Event loop is closed': after a failed save orbax closes its event loop
+    while tensorstore finishes the other writes, and each one's callback would print a traceback (hundreds)."""
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    return hook
+
+
+class _Manager(ocp.CheckpointManager):
+    """orbax's manager, whose failed saves raise CheckpointSaveError (one line) and leave no tmp folder."""
+
+    def save(self, step: int, *args, **kwargs) -> bool:
+        try:
+            return super().save(step, *args, **kwargs)
+        except CheckpointSaveError:
+            raise
+        except (OSError, ValueError) as error:  # tensorstore reports a failed write as a ValueError
+            raise save_failed(str(self.directory), error) from None
+
+    def wait_until_finished(self) -> None:
+        try:
+            super().wait_until_finished()
+        except (OSError, ValueError) as error:
+            raise save_failed(str(self.directory), error) from None
+
+
+def remove_tmp_dirs(directory: str) -> list[int]:
+    """Remove the partial step folders of failed saves (process 0: the folder is shared); their steps."""
+    names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    steps = [int(m.group(1)) for m in map(TMP_DIR.match, names) if m]
+    if jax.process_index() == 0:
+        for name in names:
+            if TMP_DIR.match(name):
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    return sorted(set(steps))
+
+
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    if getattr(error, "errno", None) == errno.ENOSPC or "RESOURCE_EXHAUSTED" in text or "No space left" in text:
+        return "no space left on device"
+    return text[:300] or type(error).__name__
+
+
+def _join_save_threads(timeout_s: float = 60.0) -> None:
+    """Wait for orbax's other save threads: the first failure is raised while they still write (they would make the
+    tmp folder again after its removal)."""
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if type(thread).__module__.startswith("orbax.") and thread is not threading.current_thread():
+            threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))  # theirs raises their error
+
+
+def save_failed(directory: str, error: BaseException) -> CheckpointSaveError:
+    """The one-line error of a failed save, after removing what it left half-written."""
+    _join_save_threads()
+    steps = remove_tmp_dirs(directory)
+    kept = checkpoint_steps(directory)
+    what = f"checkpoint step {', '.join(map(str, steps))}" if steps else "a checkpoint"
+    resume = f"a rerun resumes from step {kept[-1]}" if kept else "no checkpoint was written before it"
+    return CheckpointSaveError(f"cannot write {what} to {directory}: {_reason(error)} (partial files removed; "
+                               f"{resume})")
 
 
 def checkpoint_steps(directory: str) -> list[int]:
@@ -47,7 +150,8 @@ def create_manager(directory: str, *, keep: int = 3, async_save: bool = True,
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True,  # a save killed half-way leaves a tmp dir: never restored, removed here
     )
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "rng", "meta"))
+    _drop_orbax_tracebacks()
+    return _Manager(os.path.abspath(directory), options=options, item_names=("state", "rng", "meta"))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, rng: jax.Array, meta: dict,
@@ -71,29 +175,72 @@ def abstract_like(tree: Any) -> Any:
 
 
 def restore(manager: ocp.CheckpointManager, state: Any, rng: jax.Array, step: int | None = None):
-    """Restore (state, rng, meta) at `step` (default: latest) into the shapes/shardings of the given ones."""
+    """Restore (state, rng, meta) at `step` (default: latest) into the shapes/shardings of the given ones; a
+    checkpoint whose arrays are not the target's is a ModelMismatchError."""
     step = manager.latest_step() if step is None else step
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_like(state)),
-            rng=ocp.args.StandardRestore(abstract_like({"dropout": rng})),
-            meta=ocp.args.JsonRestore(),
-        ),
-    )
+    try:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_like(state)),
+                rng=ocp.args.StandardRestore(abstract_like({"dropout": rng})),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+    except Exception:  # checked only after a failure: a restore that works is never refused
+        differences = tree_differences(_stored_shapes(manager, step), _shapes(state))
+        if differences:
+            raise ModelMismatchError(
+                f"{manager.directory}: its checkpoints were written by another model or config than this run's "
+                f"({differences}); run with the config that wrote them, or use a new workdir") from None
+        raise
     return restored.state, restored.rng["dropout"], restored.meta
+
+
+def _path(keys) -> str:
+    """'params/conv1/kernel' for a tree path, whether its keys are dict keys, attributes or indices."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+    return {_path(p): tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
+            for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _stored_shapes(manager: ocp.CheckpointManager, step: int) -> dict[str, tuple] | None:
+    """Array shapes of a checkpoint's state from its metadata; None where that is unreadable (damage)."""
+    try:
+        stored = manager.item_metadata(step)["state"]
+    except Exception:  # orbax raises many types for missing / truncated metadata
+        return None
+    return None if stored is None else _shapes(stored)
+
+
+def tree_differences(stored: dict[str, tuple] | None, wanted: dict[str, tuple]) -> str:
+    """The first differences (params first) between a checkpoint's arrays and a target's; '' if none or unknown."""
+    if not stored:
+        return ""
+    lines = [f"{k}: {stored[k]} in the checkpoint, {wanted[k]} here" for k in wanted
+             if k in stored and stored[k] != wanted[k]]
+    lines += [f"{k} only in the checkpoint" for k in stored if k not in wanted]
+    lines += [f"{k} only here" for k in wanted if k not in stored]
+    lines.sort(key=lambda line: not line.startswith("params/"))
+    return "; ".join(lines[:3]) + (f"; {len(lines) - 3} more" if len(lines) > 3 else "")
 
 
 def newest_intact(steps: list[int], load, where: str):
     """load(step) for the newest step that loads; each damaged newer one is logged (step and why) and skipped.
 
     A kill or a full disk can leave the latest checkpoint unreadable while older ones are intact: falling back
-    costs the steps since them instead of the whole run.
+    costs the steps since them instead of the whole run. Checkpoints of another model (ModelMismatchError) are not
+    damaged: that is raised at once.
     """
     problems = []
     for step in sorted(steps, reverse=True):
         try:
             return step, load(step)
+        except ModelMismatchError:
+            raise
         except Exception as error:  # orbax raises many types for truncated / missing files
             reason = " ".join(str(error).split())[:300] or type(error).__name__
             logging.warning("checkpoint step %d in %s is damaged, skipped: %s", step, where, reason)

@@ -1,6 +1,8 @@
 """data/folder_builder.py (python -m fcn_jax.folder_dataset): tiny trees of every layout and label encoding through the
 tfds builder, checked value by value."""
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -189,3 +191,93 @@ def test_cli_prints_split_sizes_and_pixels_per_class(tmp_path, capsys):
     assert table == [["images", "2", "1"], ["bg", "1", "3"], ["leaf", "6", "1"], ["(ignored)", "1", "0"]]
     assert folder_dataset.main(["--manual_dir", str(tmp_path / "missing"), "--data_dir", str(tmp_path / "t2")]) == 1
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def _binary_masks(root, rng):
+    """A folder of 0/255 masks (255 = the object) whose classes.json keeps the default ignore label 255."""
+    root.mkdir()
+    (root / "classes.json").write_text(json.dumps({"classes": ["background", "object"], "encoding": "index"}))
+    mask = np.array([[0, 255], [255, 255]], np.uint8)
+    for split, stem in (("train", "a"), ("train", "b"), ("val", "c")):
+        Image.fromarray(_image(rng, 2, 2)).save(_mkdir(root / "images" / split) / f"{stem}.png")
+        _png(root / "labels" / split / f"{stem}.png", mask)
+
+
+def test_0_255_masks_under_ignore_label_255_are_a_warning_naming_the_form_and_its_fix(tmp_path, capsys, caplog):
+    root, data_dir = tmp_path / "masks", tmp_path / "tfds"
+    _binary_masks(root, np.random.default_rng(3))
+    assert folder_dataset.main(["--manual_dir", str(root), "--data_dir", str(data_dir)]) == 0
+    version_dir = str(data_dir / "fcn_folder" / "folder" / "1.0.0")
+    expected = (f"warning: {version_dir}: no labelled pixel of class object in any split (train, val): no score "
+                "measures it (its IU is n/a, or 0 where predicted); the labels hold only 0 and 255, and 255 is the "
+                f'ignore label: for 0/255 masks (255 = object) add "id_map": {{"0": 0, "255": 1}} to '
+                f"{root}/classes.json (then delete {version_dir} and build again)")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("fcn_jax")] == [expected]
+    table = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("object", "(ign"))]
+    assert table == [["object", "0", "0"], ["(ignored)", "6", "3"]]
+    caplog.clear()
+    folder_builder.load_split(str(data_dir), "val", str(root))  # said again whenever the data is read
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("fcn_jax")] == [expected]
+
+    # the fix as the warning gives it: 255 is the object, nothing is ignored, no warning
+    (root / "classes.json").write_text(json.dumps({"classes": ["background", "object"], "encoding": "index",
+                                                   "id_map": {"0": 0, "255": 1}}))
+    caplog.clear()
+    fixed = folder_builder.prepare(str(tmp_path / "tfds_fixed"), str(root))
+    assert not [r for r in caplog.records if r.name.startswith("fcn_jax")]
+    np.testing.assert_array_equal(folder_builder.load_split(str(tmp_path / "tfds_fixed"), "val", str(root))[0]["label"],
+                                  [[0, 1], [1, 1]])
+    assert [c.tolist() for c in folder_builder.split_pixels(fixed)["train"]] == [[2, 6, 0]]
+
+
+def test_a_class_no_split_labels_is_named_without_the_binary_hint_where_it_does_not_apply(tmp_path, caplog):
+    root = tmp_path / "own"
+    root.mkdir()
+    (root / "classes.json").write_text(json.dumps({"classes": ["bg", "leaf", "stem"], "encoding": "index"}))
+    rng = np.random.default_rng(4)
+    for split, stem in (("train", "a"), ("val", "b")):
+        Image.fromarray(_image(rng, 2, 2)).save(_mkdir(root / "images" / split) / f"{stem}.png")
+        _png(root / "labels" / split / f"{stem}.png", np.array([[0, 1], [1, 255]], np.uint8))
+    prepared = folder_builder.prepare(str(tmp_path / "tfds"), str(root))
+    assert folder_builder.label_warnings(prepared) == [
+        f"{prepared.data_dir}: no labelled pixel of class stem in any split (train, val): no score measures it "
+        "(its IU is n/a, or 0 where predicted)"]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("fcn_jax")] == [
+        "warning: " + folder_builder.label_warnings(prepared)[0]]
+
+
+@pytest.fixture
+def default_sigterm():
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_build_stopped_by_sigterm_leaves_no_incomplete_folder_and_says_so(tmp_path, capsys, monkeypatch,
+                                                                            default_sigterm):
+    root, data_dir = tmp_path / "masks", tmp_path / "tfds"
+    _binary_masks(root, np.random.default_rng(3))
+    read = folder_builder.read_example
+
+    def read_then_sigterm(files, heads):  # SIGTERM arrives while tfds writes the first split
+        os.kill(os.getpid(), signal.SIGTERM)
+        return read(files, heads)
+
+    monkeypatch.setattr(folder_builder, "read_example", read_then_sigterm)
+    assert folder_dataset.main(["--manual_dir", str(root), "--data_dir", str(data_dir)]) == folder_dataset.STOPPED
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"stopped: an unfinished build leaves nothing in {data_dir}; run the same command again")
+    assert os.listdir(data_dir / "fcn_folder" / "folder") == []  # no incomplete.* folder
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_build_after_a_killed_one_removes_its_incomplete_folder(tmp_path, caplog):
+    root, data_dir = tmp_path / "masks", tmp_path / "tfds"
+    _binary_masks(root, np.random.default_rng(3))
+    left = data_dir / "fcn_folder" / "folder" / "incomplete.Q7W2ZK_1.0.0"  # as a kill -9 mid-build leaves it
+    _mkdir(left)
+    (left / "fcn_folder-train.array_record-00000-of-00001").write_bytes(b"half")
+    prepared = folder_builder.prepare(str(data_dir), str(root))
+    assert sorted(os.listdir(data_dir / "fcn_folder" / "folder")) == ["1.0.0"]
+    assert f"removed {left}, left by an interrupted build" in [r.getMessage() for r in caplog.records]
+    assert prepared.info.splits["train"].num_examples == 2

@@ -1,6 +1,7 @@
 """data/layouts.py: the split -> files lists of the folder layout (lists, subfolders, seeded ratio) and the
 benchmarks'."""
 import os
+import signal
 
 import pytest
 
@@ -152,3 +153,55 @@ def test_the_fingerprint_changes_with_a_file_or_the_description(tmp_path):
     assert layouts.fingerprint(splits, {"classes": ["y"]}) != before
     (tmp_path / "labels" / "train" / "a.png").write_bytes(b"changed")
     assert layouts.fingerprint(splits, {"classes": ["x"]}) != before
+
+
+def test_labels_match_their_images_whatever_the_case_of_the_extension(tmp_path):
+    touch(tmp_path / "images" / "a.jpg")
+    touch(tmp_path / "labels" / "a.PNG")  # saved by a tool that writes upper-case extensions
+    touch(tmp_path / "images" / "b.JPG")
+    touch(tmp_path / "labels" / "b.png")
+    splits, _ = layouts.split_files("folder", tmp_path, val_fraction=0.5)
+    labels = {e.image_id: e.label for files in splits.values() for e in files}
+    assert labels == {"a": tmp_path / "labels" / "a.PNG", "b": tmp_path / "labels" / "b.png"}
+    touch(tmp_path / "labels" / "a.png")
+    with pytest.raises(BadExampleError, match=r"labels/a.PNG and .*labels/a.png have the same stem; rename one"):
+        layouts.split_files("folder", tmp_path, val_fraction=0.5)
+
+
+def _incomplete(version_dir):
+    """What a tfds build killed half-way leaves beside its version folder (tfds' utils.incomplete_dir)."""
+    left = version_dir.parent / f"incomplete.AB12CD_{version_dir.name}"
+    touch(left / "fcn_folder-train.array_record-00000-of-00001")
+    return left
+
+
+def test_a_build_removes_what_a_killed_one_left_and_says_so(tmp_path, caplog):
+    version_dir = tmp_path / "fcn_folder" / "folder" / "1.0.0"
+    left, config_file = _incomplete(version_dir), tmp_path / "fcn_folder" / ".config" / "incomplete.0f.metadata.json"
+    touch(config_file)
+    touch(tmp_path / "fcn_folder" / "folder_skip_bad_examples" / "incomplete.XY34ZW_1.0.0" / "x")  # another config's
+    with layouts.tfds_build(str(version_dir)):
+        pass
+    assert not left.exists() and not config_file.exists()
+    assert (tmp_path / "fcn_folder" / "folder_skip_bad_examples" / "incomplete.XY34ZW_1.0.0").exists()
+    assert [r.getMessage() for r in caplog.records] == [f"removed {p}, left by an interrupted build"
+                                                        for p in sorted([config_file, left])]
+
+
+@pytest.fixture
+def default_sigterm():
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_during_a_build_is_a_keyboard_interrupt_so_tfds_cleans_up(tmp_path, default_sigterm):
+    with pytest.raises(KeyboardInterrupt):
+        with layouts.tfds_build(str(tmp_path / "d" / "c" / "1.0.0")):
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("SIGTERM did not interrupt the build")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored after the build
+    handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # someone else's handler is left alone
+    with layouts.tfds_build(str(tmp_path / "d" / "c" / "1.0.0")):
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    signal.signal(signal.SIGTERM, handler)

@@ -3,6 +3,10 @@ its checkpoint), writes the paper-style table (numbers from each run's result) a
 finished variant."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +18,9 @@ from fcn_jax.data import synthetic as data_synthetic
 from fcn_jax.data import voc_builder
 from fcn_jax.flows import ablation
 from fcn_jax.train import config_checks, job, validation
-from fcn_jax.weights import artifacts
+from fcn_jax.weights import artifacts, checkpoints, workdir_lock
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SWEEP = """
 from experiments import demo
@@ -69,13 +75,13 @@ def sweep(tmp_path_factory):
         crashed_metrics = f.read()
     crashed_steps = sorted(os.listdir(os.path.join(workdir, "fcn8s", "checkpoints")))
 
-    def in_process_subprocess(command):
+    def in_process_child(command):
         assert command[1:3] == ["-m", "fcn_jax.ablate"]
-        return type("Completed", (), {"returncode": ablate.main(command[3:])})()
+        return ablate.main(command[3:])
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(job, "train_and_evaluate", counting_train)
-        patch.setattr(ablation.subprocess, "run", in_process_subprocess)
+        patch.setattr(ablation, "run_child", in_process_child)
         results = ablation.run(str(sweep_file), workdir, processes=True)
     return {"file": str(sweep_file), "workdir": workdir, "first_calls": first_calls, "resume_calls": list(calls),
             "crashed_metrics": crashed_metrics, "crashed_steps": crashed_steps, "results": results}
@@ -218,3 +224,47 @@ def test_set_points_a_sweep_at_another_dataset(sweep, tmp_path):
         ablation.run(sweep["file"], str(tmp_path / "runs"), only="fcn32s", settings=["data.source"])
     with pytest.raises(ablation.SweepError, match=r"variant '--set': unknown config key 'data.sorce'"):
         ablation.run(sweep["file"], str(tmp_path / "runs"), only="fcn32s", settings=["data.sorce=folder"])
+
+
+def test_sigterm_to_a_sweep_with_processes_stops_its_variant_with_a_checkpoint_and_a_rerun_resumes_it(sweep, tmp_path):
+    """The parent signalled alone (as a scheduler stopping the job script would): its child variant saves and stops
+    too, instead of training on as an orphan beside the rerun."""
+    sweep_file = tmp_path / "long_sweep.py"
+    source = open(sweep["file"]).read()  # the same variants, fcn32s short, fcn8s as long as --steps
+    short = source.replace('[("fcn32s", {"model.variant": "fcn32s"}), ("fcn8s", {"train.checkpoint_every": 1})]',
+                           '[("fcn32s", {"model.variant": "fcn32s", "train.num_steps": 2}), ("fcn8s", {})]')
+    assert short != source
+    sweep_file.write_text(short)
+    workdir = tmp_path / "runs"
+    command = [sys.executable, "-m", "fcn_jax.ablate", "--sweep", str(sweep_file), "--workdir", str(workdir),
+               "--processes"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    command += ["--steps", "200"]  # fcn8s: long enough to be signalled mid-run, short to finish on the rerun
+    parent = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = workdir / "fcn8s" / "metrics.jsonl"
+    try:
+        deadline = time.time() + 300
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            assert parent.poll() is None and time.time() < deadline, "the sweep ended or hung"
+            time.sleep(0.1)
+        os.kill(parent.pid, signal.SIGTERM)
+        _, stderr = parent.communicate(timeout=120)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+    assert parent.returncode == 75, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "ablate: variant fcn8s stopped by a signal, its checkpoint and the finished variants kept; run the same "
+        "command to resume (exit code 75)")
+    with workdir_lock.hold(str(workdir / "fcn8s")):  # no orphan left training it
+        pass
+    k = checkpoints.checkpoint_steps(str(workdir / "fcn8s" / "checkpoints"))[-1]
+    finished = (workdir / "fcn32s" / artifacts.RESULT_FILE).read_text()
+
+    assert ablate.main(command[3:]) == 0  # the same command (its children run in processes): resumes fcn8s at k
+    assert (workdir / "fcn32s" / artifacts.RESULT_FILE).read_text() == finished  # not trained again
+    rows = [(r["step"], r["split"]) for r in artifacts.read_metrics(str(workdir / "fcn8s"))]
+    assert 2 <= k < 200
+    assert [s for s, split in rows if split == "train"] == list(range(1, 201))  # each step once, in order
+    assert [s for s, split in rows if split == "voc_val"] == [200]

@@ -18,7 +18,7 @@ from fcn_jax.data.dataset_info import PRESETS
 from fcn_jax.flows import classifier as flows_classifier
 from fcn_jax.flows import pipeline as flows_pipeline
 from fcn_jax.models import classifier as models_classifier
-from fcn_jax.train import job, step
+from fcn_jax.train import job, preemption, step
 from fcn_jax.weights import checkpoints
 
 WIDTH = 1 / 32
@@ -211,3 +211,17 @@ def test_the_pipeline_on_a_folder_dataset_reports_its_class_names(tmp_path):
     with pytest.raises(step.ConfigError, match="config.segment.images is empty"):
         config.segment.images = ""
         flows_pipeline.run_pipeline(config, str(tmp_path / "run2"))
+
+
+@pytest.mark.parametrize("stop", [preemption.Preempted("SIGTERM", 5, "runs/x/fcn/fcn32s", saved=True),
+                                  KeyboardInterrupt()])
+def test_a_signalled_pipeline_exits_75_in_one_line(stop, monkeypatch, capsys):
+    """A stage stopped by a signal (its checkpoint saved by the loop) or a signal between stages: exit code 75, and
+    the rerun skips the finished stages (test_report_holds_every_stage_and_a_rerun_trains_nothing)."""
+    def stopped(config, workdir):
+        raise stop
+
+    monkeypatch.setattr(flows_pipeline, "run_pipeline", stopped)
+    assert pipeline.main(["--config", "experiments/pipeline_demo.py", "--workdir", "runs/x"]) == 75
+    line = capsys.readouterr().err.strip()
+    assert line == "pipeline: " + preemption.stopped_message(stop) and "run the same command to resume" in line

@@ -326,3 +326,60 @@ def test_kill_9_then_resume_equals_uninterrupted_run(data_dirs, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, actual, expected)  # bit for bit
     losses = lambda d: [r["loss"] for r in map(json.loads, open(d / "metrics.jsonl")) if r["split"] == "train"]  # noqa: E731
     assert losses(killed) == losses(reference)  # metrics.jsonl was rewound to step n, then continued
+
+
+# ----------------------------------------------------------------------------- SIGTERM, the workdir lock
+
+
+def _wait_for_train_step(workdir, process, at_least):
+    """The last logged train step once it reaches `at_least` (the run to be signalled must still be running)."""
+    deadline = time.time() + 300
+    while True:
+        assert process.poll() is None and time.time() < deadline, "the run to be signalled ended or hung"
+        path = workdir / "metrics.jsonl"
+        steps = [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+        if steps and steps[-1] >= at_least:
+            return steps[-1]
+        time.sleep(0.05)
+
+
+def test_sigterm_saves_the_step_in_flight_exits_75_and_resumes_exactly(data_dirs, tmp_path):
+    stopped = tmp_path / "stopped"
+    # No checkpoint before step 10000: whatever the signal saves is the step in flight.
+    process = subprocess.Popen(_cli(stopped, data_dirs, 10_000, 10_000), cwd=REPO, env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_train_step(stopped, process, 2)
+        second = subprocess.run(_cli(stopped, data_dirs, 10_000, 10_000), cwd=REPO, env=_env(), timeout=300,
+                                capture_output=True, text=True)
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"error: {stopped} is being trained by pid {process.pid} on {os.uname().nodename}; wait for it to end "
+            "(or stop it), or use another --workdir")
+        assert process.poll() is None  # the first run is unharmed
+        os.kill(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 75, stderr[-3000:]
+    saved = checkpoints.checkpoint_steps(str(stopped / "checkpoints"))
+    assert len(saved) == 1 and saved[0] >= 2
+    k = saved[0]
+    assert stderr.strip().splitlines()[-1] == (
+        f"fcn_jax: preempted by SIGTERM: checkpoint of step {k} saved in {stopped}; run the same command to resume "
+        "(exit code 75)")
+    train_steps = lambda d: [r["step"] for r in map(json.loads, open(d / "metrics.jsonl")) if r["split"] == "train"]  # noqa: E731
+    assert train_steps(stopped)[-1] == k  # the rows are flushed up to the saved step
+
+    resumed = subprocess.run(_cli(stopped, data_dirs, k + 2, 10_000), cwd=REPO, env=_env(), timeout=300,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {stopped} at step {k}" in resumed.stderr
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(reference, data_dirs, k + 2, 10_000), cwd=REPO, env=_env(), check=True, timeout=300,
+                   capture_output=True)
+    jax.tree.map(np.testing.assert_array_equal, checkpoints.load_params(str(stopped)),
+                 checkpoints.load_params(str(reference)))  # bit for bit
+    losses = lambda d: [r["loss"] for r in map(json.loads, open(d / "metrics.jsonl")) if r["split"] == "train"]  # noqa: E731
+    assert train_steps(stopped) == list(range(1, k + 3)) and losses(stopped) == losses(reference)

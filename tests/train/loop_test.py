@@ -197,3 +197,20 @@ def test_the_step_is_compiled_with_the_training_options_of_the_meshs_platform(mo
     job = toy_job()
     loop.compile_step(job, job.state, job.rng)
     assert platforms == ["cpu"] and received == [memory_scheduler]
+
+
+def test_checkpoints_of_another_model_are_a_mismatch_and_leave_the_workdir_as_it_was(tmp_path):
+    workdir = str(tmp_path)
+    run(config(num_steps=3), workdir, cadence(3), toy_job)
+    os.remove(os.path.join(workdir, "config.json"))
+
+    def wider_job():
+        job = toy_job()
+        state = job.state.replace(params={"w": jnp.zeros((4,))}, opt_state=job.state.tx.init({"w": jnp.zeros((4,))}))
+        return loop.Job(**{**job.__dict__, "state": state})
+
+    with pytest.raises(checkpoints.ModelMismatchError, match="written by another model or config"):
+        run(config(num_steps=6), workdir, cadence(6), wider_job)
+    assert not os.path.exists(os.path.join(workdir, "config.json"))  # not rewritten with the mismatching config
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]  # nothing set aside as damaged
+    assert "error" in run(config(num_steps=6), workdir, cadence(6), toy_job)  # the right model resumes

@@ -20,6 +20,7 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import time
 
 import jax
 import numpy as np
@@ -175,3 +176,48 @@ def test_checkpoint_of_two_processes_loads_as_params_in_this_process(runs, tmp_p
         np.testing.assert_allclose(leaf_c, leaf_b, rtol=RTOL, atol=1e-5)  # float noise of the reduction order
     moved = max(np.abs(x - y).max() for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(final_c)))
     assert moved > 1e-4  # C really trained on from A's step-N params
+
+
+def _wait_for_train_step(workdir: pathlib.Path, proc: subprocess.Popen, at_least: int) -> None:
+    deadline = time.time() + TIMEOUT_S
+    while True:
+        assert proc.poll() is None and time.time() < deadline, f"the run ended or hung:\n{proc.log.read_text()[-3000:]}"
+        path = workdir / "metrics.jsonl"
+        if path.exists() and any(m["step"] >= at_least for m in map(json.loads, path.read_text().splitlines())):
+            return
+        time.sleep(0.1)
+
+
+def test_sigterm_stops_both_processes_at_one_saved_step_and_the_run_resumes(runs, tmp_path):
+    """launch.sh forwards SIGTERM to its 2 processes; JAX's preemption sync makes them save the same step."""
+    data, workdir = runs["a"].parent / "data", tmp_path / "preempted"
+    proc = _start(tmp_path / "preempted.log", ["cpu-procs", "2", "experiments/demo.py", str(workdir),
+                                               *_overrides(data, 10_000)], CPU_DEVICES="2")
+    try:
+        _wait_for_train_step(workdir, proc, N + 1)  # past the step-N checkpoint
+        os.kill(proc.pid, signal.SIGTERM)  # launch.sh alone, as a scheduler stopping the job script would
+        proc.wait(timeout=TIMEOUT_S)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    out = proc.log.read_text()
+    assert proc.returncode == 75, out[-4000:]
+    lines = [line for line in out.splitlines() if line.startswith("fcn_jax: preempted by SIGTERM: checkpoint of step")]
+    assert len(lines) == 2 and lines[0] == lines[1], lines  # both processes, one step
+    k = int(lines[0].split("checkpoint of step ")[1].split()[0])
+    assert k > N and k in checkpoints_steps(workdir)
+
+    resumed = _finish(_start(tmp_path / "resumed.log", ["local", "experiments/demo.py", str(workdir),
+                                                         *_overrides(data, k + 1)], local_devices=2))
+    assert f"resumed from {workdir} at step {k}" in resumed
+    train = _entries(workdir, "train")  # each step once: nothing written twice by the two processes or the resume
+    assert sorted(train) == list(range(1, k + 2))
+    _assert_train_close(train, _entries(runs["b"], "train"), range(1, min(k, N + 2) + 1))
+
+
+def checkpoints_steps(workdir: pathlib.Path) -> list[int]:
+    from fcn_jax.weights import checkpoints
+
+    return checkpoints.checkpoint_steps(str(workdir / "checkpoints"))

@@ -81,3 +81,15 @@ def test_model_settings_come_from_the_sidecar_or_the_runs_config(tmp_path):
         artifacts.model_settings(str(tmp_path))
     with pytest.raises(ValueError, match="unknown normalization 'bgr'"):
         artifacts.model_settings(str(converted), {"normalization": "bgr"})
+
+
+def test_a_config_json_edited_into_invalid_json_is_named(tmp_path):
+    path = tmp_path / artifacts.CONFIG_FILE
+    path.write_text('{"model": {"width": 1.0,}\n')
+    with pytest.raises(artifacts.WorkdirError) as error:
+        artifacts.check_same_config({"model": {"width": 1.0}}, str(tmp_path))
+    assert str(error.value) == (f"{path}: not valid JSON (Expecting property name enclosed in double quotes at line 1, "
+                                "column 25); fix or restore it")
+    path.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(artifacts.WorkdirError, match=rf"^{path}: not UTF-8 text \(invalid start byte at byte 7\); fix"):
+        artifacts.model_settings(str(tmp_path))
