@@ -16,8 +16,6 @@ import sys
 
 from fcn_jax.data import layouts
 
-STOPPED = 130  # exit code of a build stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports Ctrl-C)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fcn_jax.folder_dataset", description=__doc__.split("\n\n")[0])
@@ -43,9 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # SIGINT, or SIGTERM during the build (layouts.tfds_build)
-        print(f"stopped: an unfinished build leaves nothing in {args.data_dir}; run the same command again",
-              file=sys.stderr)
-        return STOPPED
+        print(layouts.build_stopped_line(args.data_dir), file=sys.stderr)
+        return layouts.BUILD_STOPPED
     return 0
 
 

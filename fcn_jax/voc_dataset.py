@@ -12,8 +12,6 @@ import argparse
 import logging
 import sys
 
-STOPPED = 130  # exit code of a build stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports Ctrl-C)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fcn_jax.voc_dataset", description=__doc__.splitlines()[0])
@@ -23,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip (and count) unreadable training examples instead of failing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from fcn_jax.data import voc, voc_builder  # TensorFlow: only once the flags are good
+    from fcn_jax.data import layouts, voc, voc_builder  # TensorFlow: only once the flags are good
 
     try:
         builder = voc_builder.prepare(args.data_dir, args.manual_dir, skip_bad_examples=args.skip_bad_examples)
@@ -31,9 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # SIGINT, or SIGTERM during the build (layouts.tfds_build)
-        print(f"stopped: an unfinished build leaves nothing in {args.data_dir}; run the same command again",
-              file=sys.stderr)
-        return STOPPED
+        print(layouts.build_stopped_line(args.data_dir), file=sys.stderr)
+        return layouts.BUILD_STOPPED
     print(f"{builder.data_dir}")
     print(f"seg11valid: {builder.info.metadata['seg11valid_rule']}")
     for split in voc.SPLITS:

@@ -114,6 +114,14 @@ def remove_incomplete(version_dir: str) -> list[pathlib.Path]:
     return removed
 
 
+BUILD_STOPPED = 130  # exit code of a build stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports Ctrl-C)
+
+
+def build_stopped_line(data_dir: str) -> str:
+    """What the dataset CLIs print when tfds_build turned a signal into KeyboardInterrupt."""
+    return f"stopped: an unfinished build leaves nothing in {data_dir}; run the same command again"
+
+
 @contextlib.contextmanager
 def tfds_build(version_dir: str):
     """Around a tfds build into `version_dir`: the leftovers of a killed one removed first, and SIGTERM raised as

@@ -264,7 +264,7 @@ def test_a_build_stopped_by_sigterm_leaves_no_incomplete_folder_and_says_so(tmp_
         return read(files, heads)
 
     monkeypatch.setattr(folder_builder, "read_example", read_then_sigterm)
-    assert folder_dataset.main(["--manual_dir", str(root), "--data_dir", str(data_dir)]) == folder_dataset.STOPPED
+    assert folder_dataset.main(["--manual_dir", str(root), "--data_dir", str(data_dir)]) == layouts.BUILD_STOPPED
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"stopped: an unfinished build leaves nothing in {data_dir}; run the same command again")
     assert os.listdir(data_dir / "fcn_folder" / "folder") == []  # no incomplete.* folder
