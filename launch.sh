@@ -124,7 +124,7 @@ case "$mode" in
     stop() {
       trap '' INT TERM
       kill -TERM "${pids[@]}" 2>/dev/null || true
-      local code=0 pid status
+      local code=$(( ${#pids[@]} ? 0 : 75 )) pid status  # stopped before any process started: "resume me" too
       for pid in "${pids[@]}"; do
         status=0
         wait "$pid" 2>/dev/null || status=$?

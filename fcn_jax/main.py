@@ -71,13 +71,6 @@ class _QuietLibraries(logging.Filter):
         return record.levelno >= logging.WARNING or not noisy
 
 
-def _exit_now(code: int) -> None:
-    """Exit without joining threads: a failed background checkpoint save must not keep the process alive."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -89,32 +82,31 @@ def main(argv) -> None:
     from fcn_jax.train import preemption
 
     preemption.stop_on_sigterm()  # first: with several processes, jax.distributed's notifier then takes SIGTERM over
-    if init_kwargs is not None:
-        jax.distributed.initialize(**init_kwargs)  # before anything touches a JAX backend
-
-    from fcn_jax.train import job
-
-    logging.getLogger().setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_QuietLibraries())
     try:
+        if init_kwargs is not None:
+            jax.distributed.initialize(**init_kwargs)  # before anything touches a JAX backend
+        from fcn_jax.train import job
+
+        logging.getLogger().setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietLibraries())
         result = job.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (preemption.Stopped, KeyboardInterrupt) as stopped:  # SIGTERM / SIGINT: saved, resumable
         print(f"fcn_jax: {preemption.stopped_message(stopped)}", file=sys.stderr)
-        if jax.process_count() == 1:
-            _exit_now(preemption.EXIT_CODE)
+        if init_kwargs is None:
+            preemption.exit_now(preemption.EXIT_CODE)
         sys.exit(preemption.EXIT_CODE)  # several processes: jax.distributed shuts down at exit, in step
     except (ValueError, OSError, FloatingPointError) as error:  # bad config, data, workdir: one line
         print(f"error: {error}", file=sys.stderr)
-        _exit_now(1)
+        preemption.exit_now(1)
     except BaseException:  # a bug: its traceback, then out
         traceback.print_exc()
-        _exit_now(1)
+        preemption.exit_now(1)
     if jax.process_index() == 0 and result:
         summary = {k: round(v, 4) for k, v in result.items() if isinstance(v, float) and k != "images_per_s"}
         print("final validation metrics:", json.dumps(summary))
-    if jax.process_count() == 1:  # (several processes exit normally: jax.distributed shuts down at exit)
-        _exit_now(0)  # the work is saved and closed: nothing left for a lingering thread to hold up
+    if init_kwargs is None:  # (several processes exit normally: jax.distributed shuts down at exit)
+        preemption.exit_now(0)  # the work is saved and closed: nothing left for a lingering thread to hold up
 
 
 if __name__ == "__main__":

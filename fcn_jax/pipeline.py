@@ -55,4 +55,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == preemption.EXIT_CODE:  # a compilation a signal left in a daemon thread must not hold the exit
+        preemption.exit_now(code)
+    sys.exit(code)

@@ -77,15 +77,24 @@ def run(config: dict, workdir: str, cadence: Cadence, make_job: Callable[[], Job
 def _run(config: dict, workdir: str, cadence: Cadence, make_job: Callable[[], Job], name: str,
          watcher: preemption.Watcher) -> dict:
     is_writer = jax.process_index() == 0
-    _check_writable(os.path.join(workdir, artifacts.CHECKPOINTS_DIR))
-    job = make_job()
+    directory = os.path.join(workdir, artifacts.CHECKPOINTS_DIR)
+    _check_writable(directory)
+    saved_steps = checkpoints.checkpoint_steps(directory)
+    resume_step = saved_steps[-1] if saved_steps else 0
+    try:
+        # Several processes agree to stop at (the highest step they reported) + 1: report the step before the one
+        # they resume at, so that a signal while the job is built and restored stops them there.
+        if watcher.should_stop(max(resume_step - 1, 0)):  # (-1 reads as "no step reported")
+            raise preemption.Interrupted(watcher.signal_name or "SIGTERM")
+        with watcher.interruptible():  # the first run's dataset build can be long
+            job = make_job()
+    except preemption.Interrupted as interrupted:
+        raise preemption.Preempted(interrupted.signal_name, resume_step, workdir, saved=False) from None
     num_params = zoo.count_params(job.state.params)  # before the first step donates the state
-    manager = checkpoints.create_manager(os.path.join(workdir, artifacts.CHECKPOINTS_DIR),
-                                         keep=cadence.keep_checkpoints, async_save=cadence.async_checkpoint,
-                                         best_metric=job.best_metric)
+    manager = checkpoints.create_manager(directory, keep=cadence.keep_checkpoints,
+                                         async_save=cadence.async_checkpoint, best_metric=job.best_metric)
     state, rng, pending_eval = job.state, job.rng, False
     if manager.latest_step() is not None:
-        directory = os.path.join(workdir, artifacts.CHECKPOINTS_DIR)
         step, (state, rng, meta) = checkpoints.newest_intact(
             manager.all_steps(), lambda step: checkpoints.restore(manager, job.state, job.rng, step), directory)
         if step != manager.latest_step() and is_writer:  # set the damaged ones aside: their steps get saved again
@@ -100,8 +109,10 @@ def _run(config: dict, workdir: str, cadence: Cadence, make_job: Callable[[], Jo
     start_step = int(parallel.fetch(state.step))
     writer = artifacts.Writer(workdir, start_step, active=is_writer)
     try:
+        if watcher.should_stop(start_step):  # a signal while the job was built or restored
+            raise preemption.Interrupted(watcher.signal_name or "SIGTERM")
         result = _train(job, cadence, state, rng, start_step, manager, writer, workdir, name, watcher, pending_eval)
-    except preemption.Interrupted as interrupted:  # in the compilation or a resumed evaluation: nothing new to save
+    except preemption.Interrupted as interrupted:  # before the first step, or in its compilation: nothing new to save
         raise preemption.Preempted(interrupted.signal_name, start_step, workdir, saved=False) from None
     finally:
         manager.wait_until_finished()
@@ -148,7 +159,7 @@ def _train(job: Job, cadence: Cadence, state, rng, start_step: int, manager, wri
     if (pending_eval or start_step >= num_steps) and job.evaluate is not None:
         with watcher.interruptible():
             result = job.evaluate(state.params, start_step)
-        writer.write(start_step, job.eval_split, result)
+        writer.write(start_step, job.eval_split, result, replace=True)  # a row of a run stopped since: rescored
     if start_step >= num_steps:
         return result
     compiled = watcher.run_interruptibly(lambda: compile_step(job, state, rng))
@@ -181,7 +192,8 @@ def _train(job: Job, cadence: Cadence, state, rng, start_step: int, manager, wri
             is_eval = job.evaluate is not None and (
                 (cadence.eval_every and step % cadence.eval_every == 0) or step == num_steps)
             is_checkpoint = step % cadence.checkpoint_every == 0 or step == num_steps
-            stop = watcher.should_stop(step)  # every process, every step: they agree on the step to stop at
+            # Every process, every step: they agree on the step to stop at. The last step finishes the run anyway.
+            stop = watcher.should_stop(step) and step < num_steps
             if is_checkpoint or stop or is_eval:
                 _check_finite(*pending, last_good_step, workdir)
             if is_eval:
@@ -189,7 +201,8 @@ def _train(job: Job, cadence: Cadence, state, rng, start_step: int, manager, wri
                     with watcher.interruptible():
                         result = job.evaluate(state.params, step)
                 except BaseException as error:  # failed or interrupted: keep this step's training, score it on resume
-                    _save(manager, step, state, rng, None, pending_eval=True)
+                    if is_checkpoint or jax.process_count() == 1:  # (a save is collective: the others save it too)
+                        _save(manager, step, state, rng, None, pending_eval=True)
                     if isinstance(error, preemption.Interrupted):
                         raise preemption.Preempted(error.signal_name, step, workdir, saved=True) from None
                     raise

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Callable, TypeVar
 
@@ -51,6 +52,14 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
+def exit_now(code: int) -> None:
+    """Flush and exit without joining threads: neither a compilation left in a daemon thread by a signal nor a
+    failed background checkpoint save may hold the process (or crash it at interpreter shutdown)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def stopped_message(error: BaseException) -> str:
     """The one line a command line prints for a Stopped or a KeyboardInterrupt before exiting with EXIT_CODE."""
     if isinstance(error, Stopped):
@@ -64,6 +73,8 @@ class Watcher:
     def __init__(self, multi_process: bool | None = None):
         self.multi_process = jax.process_count() > 1 if multi_process is None else multi_process
         self.signal_name: str | None = None  # the first signal received
+        self.signum: int | None = None
+        self._answered = False  # a stop was ordered (should_stop said so, or a phase was interrupted)
         self._interruptible = False
         self._previous: dict = {}
 
@@ -74,21 +85,26 @@ class Watcher:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        if self.signum is not None and not self._answered and exc_type is None and not self.multi_process:
+            # Received after the last step's check (in the final save): the caller (a sweep, the pipeline) must
+            # still stop, so the signal goes on to the handler it had.
+            signal.raise_signal(self.signum)
 
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
         if self.signal_name is not None:
             logging.warning("%s received again: still stopping; the last finished checkpoint stays intact", name)
             return
-        self.signal_name = name
+        self.signal_name, self.signum = name, signum
         logging.warning("%s received: stopping after the step in flight, with a checkpoint", name)
         if self.multi_process:
             os.kill(os.getpid(), signal.SIGTERM)  # to JAX's notifier: every process stops at the same step
         elif self._interruptible:
+            self._answered = True
             raise Interrupted(name)
 
     def should_stop(self, step: int) -> bool:
@@ -100,12 +116,14 @@ class Watcher:
                 return multihost_utils.reached_preemption_sync_point(step)
             except RuntimeError:  # jax_enable_preemption_service off: no notices to agree on
                 return False
-        return self.signal_name is not None
+        self._answered = self.signal_name is not None
+        return self._answered
 
     @contextlib.contextmanager
     def interruptible(self):
         """A phase a signal may abort at once (one process only: several must stay in step for collectives)."""
         if self.signal_name is not None and not self.multi_process:
+            self._answered = True
             raise Interrupted(self.signal_name)
         self._interruptible = True
         try:

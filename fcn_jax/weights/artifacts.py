@@ -99,7 +99,10 @@ def truncate_metrics(workdir: str, max_step: int) -> None:
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         return
-    rows = [row for row in read_metrics(workdir) if row["step"] <= max_step]
+    _rewrite_metrics(path, [row for row in read_metrics(workdir) if row["step"] <= max_step])
+
+
+def _rewrite_metrics(path: str, rows: list[dict]) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
@@ -122,12 +125,17 @@ class Writer:
         from tensorboardX import SummaryWriter
 
         truncate_metrics(workdir, resume_step)
+        self.workdir = workdir
         self.path = os.path.join(workdir, METRICS_FILE)
         self.tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
 
-    def write(self, step: int, split: str, values: dict) -> None:
+    def write(self, step: int, split: str, values: dict, replace: bool = False) -> None:
+        """Append a row; `replace`: drop the rows of the same step and split first."""
         if not self.active:
             return
+        if replace and os.path.exists(self.path):
+            _rewrite_metrics(self.path, [row for row in read_metrics(self.workdir)
+                                         if (row["step"], row["split"]) != (step, split)])
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
         for key, value in values.items():

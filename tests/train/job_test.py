@@ -383,3 +383,20 @@ def test_sigterm_saves_the_step_in_flight_exits_75_and_resumes_exactly(data_dirs
                  checkpoints.load_params(str(reference)))  # bit for bit
     losses = lambda d: [r["loss"] for r in map(json.loads, open(d / "metrics.jsonl")) if r["split"] == "train"]  # noqa: E731
     assert train_steps(stopped) == list(range(1, k + 3)) and losses(stopped) == losses(reference)
+
+
+@pytest.mark.parametrize("optimizer, accum, clip", [("sgd", 1, 0.0), ("adam", 2, 1.0), ("adamw", 1, 0.0)])
+def test_a_checkpoint_of_the_same_fcn_shows_no_model_difference(tmp_path, optimizer, accum, clip):
+    """A damaged checkpoint is told from another model's by its stored array paths and shapes: for every optimiser
+    state the FCN's training builds (multi_transform groups, chains, MultiSteps) they must read back as the live
+    state's, or damage would be reported as a model mismatch; another width must show."""
+    config = tiny_config()
+    config.optim.update(optimizer=optimizer, grad_accum_steps=accum, grad_clip_norm=clip)
+    state = tiny_state(config)
+    manager = checkpoints.create_manager(str(tmp_path), async_save=False)
+    checkpoints.save(manager, 1, state, jax.random.PRNGKey(0), {"step": 1})
+    stored = checkpoints._stored_shapes(manager, 1)
+    assert checkpoints.tree_differences(stored, checkpoints._shapes(state)) == ""
+    config.model.width = 1 / 16
+    assert "in the checkpoint" in checkpoints.tree_differences(stored, checkpoints._shapes(tiny_state(config)))
+    manager.close()

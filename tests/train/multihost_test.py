@@ -209,6 +209,29 @@ def test_sigterm_stops_both_processes_at_one_saved_step_and_the_run_resumes(runs
     k = int(lines[0].split("checkpoint of step ")[1].split()[0])
     assert k > N and k in checkpoints_steps(workdir)
 
+    # Resumed on 2 processes and stopped again before its first step (while the job is built, restored or
+    # compiled): the processes agree on step k (nothing new to save) or k + 1, instead of missing the notice.
+    proc = _start(tmp_path / "again.log", ["cpu-procs", "2", "experiments/demo.py", str(workdir),
+                                           *_overrides(data, 10_000)], CPU_DEVICES="2")
+    try:
+        deadline = time.time() + TIMEOUT_S
+        while f"resumed from {workdir} at step {k}" not in proc.log.read_text():
+            assert proc.poll() is None and time.time() < deadline, proc.log.read_text()[-3000:]
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=TIMEOUT_S)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    out = proc.log.read_text()
+    assert proc.returncode == 75, out[-4000:]
+    lines = [line for line in out.splitlines() if line.startswith("fcn_jax: preempted by SIGTERM: ")]
+    assert len(lines) == 2 and lines[0] == lines[1], lines
+    assert (f"nothing to save since step {k};" in lines[0]) or (f"checkpoint of step {k + 1} saved" in lines[0])
+    k = checkpoints_steps(workdir)[-1]
+
     resumed = _finish(_start(tmp_path / "resumed.log", ["local", "experiments/demo.py", str(workdir),
                                                          *_overrides(data, k + 1)], local_devices=2))
     assert f"resumed from {workdir} at step {k}" in resumed

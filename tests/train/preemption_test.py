@@ -25,14 +25,17 @@ def _params(workdir):
     return checkpoints.load_params(workdir)["w"]
 
 
-def test_the_watcher_notes_the_first_signal_and_restores_the_handlers():
+def test_the_watcher_notes_the_first_signal_restores_the_handlers_and_passes_an_unanswered_signal_on():
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with preemption.Watcher(multi_process=False) as watcher:
         assert not watcher.should_stop(1)
         _signal_self(signal.SIGINT)
         _signal_self(signal.SIGTERM)  # a second signal changes nothing
-        assert watcher.signal_name == "SIGINT" and watcher.should_stop(2)
+        assert watcher.signal_name == "SIGINT" and watcher.should_stop(2)  # answered: not passed on
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    with pytest.raises(KeyboardInterrupt):  # never asked about: SIGINT's own handler, once the watcher is gone
+        with preemption.Watcher(multi_process=False):
+            _signal_self(signal.SIGINT)
 
 
 def test_a_signal_aborts_an_interruptible_phase_at_once_and_only_that():
@@ -164,3 +167,88 @@ def test_stopped_messages():
     assert "(no checkpoint yet)" in preemption.stopped_message(preemption.Preempted("SIGINT", 0, "w", saved=False))
     assert preemption.stopped_message(KeyboardInterrupt()).startswith("stopped by a signal, finished work kept; run "
                                                                       "the same command to resume (exit code 75)")
+
+
+def test_a_signal_while_the_job_is_built_stops_at_once_with_nothing_lost(tmp_path):
+    workdir = str(tmp_path)
+    run(config(3), workdir, cadence(3), toy_job)
+
+    def slow_make_job():  # a first dataset build: a long phase before any step
+        _signal_self()
+        for _ in range(10_000):
+            pass
+        pytest.fail("the job was built on after the signal")
+
+    with pytest.raises(preemption.Preempted, match=r"by SIGTERM: nothing to save since step 3;") as stopped:
+        run(config(6), workdir, cadence(6), slow_make_job)
+    assert not stopped.value.saved and stopped.value.step == 3
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [3]
+
+
+def test_a_signal_during_the_restore_stops_before_the_first_step(tmp_path, monkeypatch):
+    workdir = str(tmp_path)
+    run(config(3), workdir, cadence(3), toy_job)
+    real_restore = checkpoints.restore
+
+    def restore_signalled(*args, **kwargs):
+        _signal_self(signal.SIGINT)  # noted only: a restore is not aborted half-way
+        return real_restore(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "restore", restore_signalled)
+    with pytest.raises(preemption.Preempted, match=r"by SIGINT: nothing to save since step 3;"):
+        run(config(6), workdir, cadence(6), toy_job)
+    assert checkpoints.checkpoint_steps(os.path.join(workdir, "checkpoints")) == [3]
+    assert _rows(workdir) == [(2, "train"), (3, "train"), (3, "val")]
+
+
+def test_a_signal_in_the_final_save_finishes_the_run_and_still_reaches_the_caller(tmp_path, monkeypatch):
+    """The run is complete (result.json), then the signal goes on to the caller's handler, so that a sweep or the
+    pipeline stops before its next run instead of dropping it."""
+    workdir, straight = str(tmp_path / "a"), str(tmp_path / "b")
+    real_save = checkpoints.save
+
+    def save_signalled(manager, step, *args, **kwargs):
+        if step == 6:
+            _signal_self()
+        real_save(manager, step, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "save", save_signalled)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # what stop_on_sigterm installs
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(config(6), workdir, cadence(6), toy_job)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.setattr(checkpoints, "save", real_save)
+    assert artifacts.read_json(os.path.join(workdir, artifacts.RESULT_FILE))["result"]["error"] == run(
+        config(6), straight, cadence(6), toy_job)["error"]
+    assert _rows(workdir) == _rows(straight)
+
+
+def test_an_evaluation_rescored_on_resume_keeps_one_row_however_often_the_resume_stops(tmp_path, monkeypatch):
+    workdir, straight = str(tmp_path / "a"), str(tmp_path / "b")
+    interrupt_eval = [True]
+
+    def evaluate(params, step):
+        if step == 3 and interrupt_eval.pop(0):
+            _signal_self()
+            for _ in range(10_000):
+                pass
+        return {"error": float(np.abs(np.asarray(params["w"]) - [1.0, -2.0, 0.5]).sum())}
+
+    interrupt_eval += [False, False]
+    with pytest.raises(preemption.Preempted, match="checkpoint of step 3 saved"):
+        run(config(6), workdir, cadence(6), lambda: toy_job(evaluate=evaluate))
+    real_compile = loop.compile_step
+
+    def compile_signalled(*args):  # after step 3 is rescored, before any new checkpoint
+        _signal_self()
+        return real_compile(*args)
+
+    monkeypatch.setattr(loop, "compile_step", compile_signalled)
+    with pytest.raises(preemption.Preempted, match="nothing to save since step 3"):
+        run(config(6), workdir, cadence(6), lambda: toy_job(evaluate=evaluate))
+    monkeypatch.setattr(loop, "compile_step", real_compile)
+    run(config(6), workdir, cadence(6), lambda: toy_job(evaluate=evaluate))
+    run(config(6), straight, cadence(6), toy_job)
+    assert _rows(workdir) == _rows(straight)  # step 3's evaluation once, though scored three times

@@ -1,5 +1,7 @@
 """weights/workdir_lock.py: a second run on a workdir being trained is refused in one line naming the holder; the
 lock dies with its holder (kill -9 included), so it never blocks a resume."""
+import errno
+import logging
 import os
 import signal
 import subprocess
@@ -48,3 +50,21 @@ def test_the_lock_of_a_killed_holder_is_free(tmp_path):
         holder.wait()
     with workdir_lock.hold(str(tmp_path)):  # taken at once
         pass
+
+
+def test_a_file_system_without_locks_trains_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(workdir_lock.fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING):
+        assert "error" in run(config(3), str(tmp_path), cadence(3), toy_job)
+    assert "does not lock files (No locks available)" in caplog.text
+
+    def broken(handle, operation):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(workdir_lock.fcntl, "flock", broken)
+    with pytest.raises(OSError, match="Input/output error"):  # other failures are not taken for a lockless system
+        with workdir_lock.hold(str(tmp_path / "other")):
+            pass
