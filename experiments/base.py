@@ -45,12 +45,23 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.scale_range = ()            # () = no random scaling (reference); e.g. (0.5, 2.0)
     config.data.flip = False                # reference: no augmentation
     config.data.skip_bad_examples = False   # True: skip unreadable training examples (logged count) instead of failing
+    config.data.train_fraction = 1.0        # < 1: train on this seeded share of train_split (a learning curve)
+    config.data.folds = 0                   # >= 2: leave fold `fold` of this many out of train_split (out-of-fold)
+    config.data.fold = 0
+    config.data.subset_seed = 0             # the permutation both draw from (data/subsets.py): fractions nest
     config.data.synthetic_train = 300       # image counts when source is synthetic or synthetic_folder
     config.data.synthetic_val = 60
     config.data.synthetic_seed = 0          # the dataset's own seed (independent of config.seed)
 
     config.loss_reduction = "sum"       # sum over pixels (reference) | mean over valid pixels
     config.aux_loss_weight = 0.0            # > 0: + this x the loss of the aux head's logits (ResNet FCNs)
+    config.loss = ml_collections.ConfigDict()  # class imbalance (docs/study.md); the defaults: plain cross entropy
+    config.loss.name = "cross_entropy"      # cross_entropy | focal | ohem
+    config.loss.class_weights = "none"      # none | median_frequency | inverse_sqrt (counted on train_split) | "1,10"
+    config.loss.dice_weight = 0.0           # > 0: + this x the soft Dice loss
+    config.loss.focal_gamma = 2.0           # focal: cross entropy x (1 - p)^gamma (0 = cross entropy)
+    config.loss.ohem_threshold = 0.7        # ohem: pixels whose label's probability is <= this ...
+    config.loss.ohem_min_kept = 100_000     # ... or the this-many hardest of the batch, if more
 
     config.optim = ml_collections.ConfigDict()
     config.optim.optimizer = "sgd"          # sgd | adam | adamw

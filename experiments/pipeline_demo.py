@@ -44,4 +44,8 @@ def get_config():
     config.segment.seed = 2024
     config.segment.batch_size = 1
     config.segment.pad_multiple = 32        # pad to multiples of 32: fewer compilations (see fcn_jax.predict)
+
+    config.study = ml_collections.ConfigDict()  # the last FCN studied on its data (fcn_jax.flows.study)
+    config.study.folds = 0                  # >= 2: rank every training label out of fold (trains this many FCNs)
+    config.study.worst = 6                  # images drawn and listed per section
     return config

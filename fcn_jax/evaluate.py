@@ -1,4 +1,4 @@
-"""Score weights on labelled images: pixel acc, mean acc, mean IU, fw IU and the IU of every class.
+"""Score weights on labelled images: the paper's four scores, per-class IU, precision, recall and F1.
 
     python -m fcn_jax.evaluate --weights weights/fcn8s_pascal --split seg11valid \\
         --data_dir ~/tensorflow_datasets --manual_dir ~/data/voc --output metrics.json
@@ -9,8 +9,9 @@ voc_sbd one of fcn_jax.data.voc_builder, or with --layout a folder dataset or a
 benchmark of fcn_jax.data.layouts), or a folder of images with a folder of labels of the same
 stems (<stem>.png), decoded as the dataset description says (the dataset.json
 stored with the weights, or --dataset: VOC palette PNGs for VOC). --weights
-and the model settings work as in fcn_jax.predict; per-class IU is reported
-under the dataset's class names.
+and the model settings work as in fcn_jax.predict; per-class IU, precision,
+recall and F1 are reported under the dataset's class names, and --figure draws
+the confusion matrix.
 
 Scoring follows the reference (score.py): one confusion matrix summed over all
 images, nothing resized. Images are batched by padded size; padded pixels carry
@@ -31,7 +32,7 @@ import sys
 
 from fcn_jax.data import dataset_info, layouts, sources
 from fcn_jax.data.examples import FolderSource
-from fcn_jax.infer import evaluation, flags
+from fcn_jax.infer import evaluation, flags, score_figures
 from fcn_jax.infer.network import load_network
 from fcn_jax.weights import artifacts
 
@@ -55,6 +56,7 @@ def parse_args(argv):
                              "the training run's config.data.val_fraction, else 0.2)")
     parser.add_argument("--split_seed", type=int, default=None, help="its seed (default: the run's, else 0)")
     parser.add_argument("--output", help="write the metrics as JSON to this file")
+    parser.add_argument("--figure", help="write the confusion matrix (rows normalised, class names) as this PNG")
     args = parser.parse_args(argv)
     if args.images and not args.labels:
         parser.error("--images needs --labels")
@@ -102,6 +104,9 @@ def main(argv=None) -> int:
                 f.write(evaluation.to_json(result, heads, weights=os.path.abspath(args.weights), data=description,
                                            settings=network.settings, pad_multiple=args.pad_multiple,
                                            buckets=args.buckets, mode=dataclasses.asdict(inference_mode)) + "\n")
+        if args.figure:
+            score_figures.confusion_figure(args.figure, result["confusion"], heads[0][1].classes,
+                                           f"{description}: labelled (rows) against predicted, %")
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -109,8 +114,9 @@ def main(argv=None) -> int:
     print(f"{settings['variant']} ({settings['geometry']} geometry, width {settings['width']:g}) on {description}: "
           f"{result['num_images']} images, {result['compilations']} compilation(s)")
     print(evaluation.report(result, heads))
-    if args.output:
-        print(f"wrote {args.output}")
+    for path in (args.output, args.figure):
+        if path:
+            print(f"wrote {path}")
     return 0
 
 

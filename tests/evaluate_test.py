@@ -132,9 +132,11 @@ def folder(tmp_path_factory):
 @pytest.mark.parametrize("kind,geometry", [("converted", "caffe"), ("workdir", "same")])
 def test_folder_scores_equal_a_direct_per_image_computation(weights, folder, tmp_path, capsys, kind, geometry):
     out = tmp_path / "sub" / "metrics.json"
+    figure = tmp_path / "confusion.png"
     rc = evaluate.main(["--weights", weights[kind], "--images", folder["images_dir"], "--labels",
-                        folder["labels_dir"], "--batch_size", "2", "--output", str(out)])
+                        folder["labels_dir"], "--batch_size", "2", "--output", str(out), "--figure", str(figure)])
     assert rc == 0
+    assert Image.open(figure).size[0] > 900  # 21 named classes drawn
     confusion, expected = direct_scores(forward_fn(geometry=geometry), weights["params"], folder["images"],
                                         folder["labels"])
     assert len(np.flatnonzero(confusion.sum(0))) > 5  # random weights predict many classes: a real check
@@ -150,8 +152,8 @@ def test_folder_scores_equal_a_direct_per_image_computation(weights, folder, tmp
     assert result["settings"]["geometry"] == geometry and result["settings"]["width"] == WIDTH
 
     printed = capsys.readouterr().out
-    assert f"mean IU     {100 * expected['mean_iou']:8.2f}" in printed
-    assert f"background  {100 * expected['per_class_iou'][0]:8.2f}" in printed
+    assert f"{'mean IU':<19}{100 * expected['mean_iou']:8.2f}" in printed
+    assert f"{'background':<19}{100 * expected['per_class_iou'][0]:10.2f}" in printed
 
 
 def test_a_tfds_split_scores_as_a_direct_computation_on_its_examples(weights, tmp_path, capsys):
@@ -263,13 +265,22 @@ def test_report_and_json_mark_absent_classes(tmp_path):
     confusion[0, 0], confusion[0, 1], confusion[1, 1] = 6, 2, 2  # class 2 absent from labels and predictions
     result = metrics.segmentation_metrics(confusion)
     heads = (("", dataset_info.from_json({"classes": ["background", "cat", "dog"]})),)
+    result["per_image_mean_iou"] = 0.5
     assert evaluation.report(result, heads).splitlines() == [
-        "pixel acc      80.00", "mean acc       87.50", "mean IU        62.50", "fw IU          70.00", "",
-        "class             IU", "background     75.00", "cat            50.00", "dog              n/a",
+        "pixel acc             80.00", "mean acc              87.50", "mean IU               62.50",
+        "fw IU                 70.00", "mean IU per image     50.00", "mean precision        75.00",
+        "mean recall           87.50", "mean F1 (Dice)        76.19", "",
+        "class                      IU precision    recall        F1",
+        "background              75.00    100.00     75.00     85.71",
+        "cat                     50.00     50.00    100.00     66.67",
+        "dog                       n/a       n/a       n/a       n/a",
         "warning: no labelled pixel of class dog in these labels: no score measures it (its IU is n/a, or 0 where "
         "predicted)"]
-    assert json.loads(evaluation.to_json(result, heads, data="x"))["per_class_iou"] == {
-        "background": 0.75, "cat": 0.5, "dog": None}
+    out = json.loads(evaluation.to_json(result, heads, data="x"))
+    assert out["per_class_iou"] == {"background": 0.75, "cat": 0.5, "dog": None}
+    assert out["per_class_precision"] == {"background": 1.0, "cat": 0.5, "dog": None}
+    assert out["per_class_recall"] == {"background": 0.75, "cat": 1.0, "dog": None}
+    assert out["per_class_f1"] == pytest.approx({"background": 6 / 7, "cat": 2 / 3, "dog": None})
 
 
 def test_0_255_masks_scored_as_background_alone_are_not_a_silent_100(tmp_path):
@@ -278,7 +289,8 @@ def test_0_255_masks_scored_as_background_alone_are_not_a_silent_100(tmp_path):
     result = {**metrics.segmentation_metrics(confusion), "confusion": confusion.tolist()}
     heads = (("", dataset_info.from_json({"classes": ["background", "object"], "encoding": "index"})),)
     lines = evaluation.report(result, heads).splitlines()
-    assert lines[2] == "mean IU       100.00" and lines[-2] == "object           n/a"
+    assert lines[2] == "mean IU              100.00"
+    assert lines[-2] == "object                    n/a       n/a       n/a       n/a"
     assert lines[-1] == (
         "warning: no labelled pixel of class object in these labels: no score measures it (its IU is n/a, or 0 where "
         "predicted); the labels hold only 0 and 255, and 255 is the ignore label: for 0/255 masks (255 = object) add "

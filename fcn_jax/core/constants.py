@@ -10,3 +10,9 @@ VOC_NUM_CLASSES = len(VOC_CLASSES)  # 20 VOC classes + background
 
 # The four scores of the paper's tables: (key in a metrics dict, label).
 SCORES = (("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"), ("mean_iou", "mean IU"), ("fw_iou", "fw IU"))
+# More scores of the same confusion matrix, and the per-image mean IU (core.metrics), after the paper's four.
+MORE_SCORES = (("per_image_mean_iou", "mean IU per image"), ("mean_precision", "mean precision"),
+               ("mean_recall", "mean recall"), ("mean_f1", "mean F1 (Dice)"))
+# Per-class lists of a metrics dict: (key, column title).
+CLASS_SCORES = (("per_class_iou", "IU"), ("per_class_precision", "precision"), ("per_class_recall", "recall"),
+                ("per_class_f1", "F1"))

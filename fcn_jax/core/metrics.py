@@ -1,8 +1,11 @@
-"""Confusion matrix and the four FCN scores (pixel acc, mean acc, mean IU, fw IU).
+"""Confusion matrix, the four FCN scores (pixel acc, mean acc, mean IU, fw IU) and per-class precision, recall, F1.
 
 As in the reference (score.py), every score comes from ONE confusion matrix summed
 over the whole split, never from averaging per-image scores: per-batch (and
-per-device) matrices are simply added, on host, in int64.
+per-device) matrices are simply added, on host, in int64. The per-image mean IU
+(the mean over images of each image's own mean IU, as some toolboxes report) is
+kept apart, under its own name: it weighs a small image as much as a large one
+and a class's IU in an image where it is tiny as much as anywhere, so it differs.
 """
 import jax
 import jax.numpy as jnp
@@ -29,6 +32,29 @@ def confusion_matrix(predictions, labels, num_classes: int,
     ids = jnp.where(valid, gt * k + pred, k * k)
     counts = jnp.bincount(ids, length=k * k + 1)[: k * k]
     return counts.reshape(k, k).astype(jnp.int32)
+
+
+def image_confusions(predictions, labels, num_classes: int, ignore_label: int = IGNORE_LABEL) -> jax.Array:
+    """(B, K, K) int32: `confusion_matrix` of each image of a (B, H, W) batch, in one bincount."""
+    k, batch = num_classes, predictions.shape[0]
+    gt, pred, valid = _counted(predictions, labels, k, ignore_label)
+    image = jnp.repeat(jnp.arange(batch, dtype=jnp.int32), gt.size // max(batch, 1))
+    ids = jnp.where(valid, (image * k + gt) * k + pred, batch * k * k)
+    counts = jnp.bincount(ids, length=batch * k * k + 1)[: batch * k * k]
+    return counts.reshape(batch, k, k).astype(jnp.int32)
+
+
+def image_mean_iou(confusions) -> jax.Array:
+    """(B,) each image's mean IU from its (B, K, K) confusion: the mean over the classes in its labels or its
+    prediction (a class only predicted counts with IU 0, as in segmentation_metrics); NaN for an image with no
+    labelled pixel (batch padding, an all-ignore label)."""
+    confusions = confusions.astype(jnp.float32)
+    intersection = jnp.diagonal(confusions, axis1=1, axis2=2)          # (B, K)
+    union = confusions.sum(2) + confusions.sum(1) - intersection       # (B, K)
+    present = union > 0
+    iou = jnp.where(present, intersection / jnp.where(present, union, 1.0), 0.0)
+    counted = confusions.sum((1, 2)) > 0
+    return jnp.where(counted, iou.sum(1) / jnp.maximum(present.sum(1), 1), jnp.nan)
 
 
 def _counted(predictions, labels, k: int, ignore_label: int):
@@ -64,8 +90,14 @@ def segmentation_metrics(confusion) -> dict:
     accuracy NaN and is excluded from mean acc (if it was predicted, its IU is 0
     and counts). An empty matrix gives NaN for every score.
 
-    Returns python floats: pixel_acc, mean_acc, mean_iou, fw_iou, and
-    per_class_iou (list of K floats).
+    Precision (of the pixels predicted c, the share labelled c) is NaN for a
+    class never predicted; recall (of the pixels labelled c, the share predicted
+    c) equals the class accuracy; F1 = 2 TP / (labelled + predicted) is the Dice
+    coefficient, NaN where IU is. Their means skip NaN entries like mean IU.
+
+    Returns python floats: pixel_acc, mean_acc, mean_iou, fw_iou, mean_precision,
+    mean_recall, mean_f1, and per_class_iou, per_class_precision,
+    per_class_recall, per_class_f1 (lists of K floats).
     """
     hist = np.asarray(confusion, dtype=np.float64)
     if hist.ndim != 2 or hist.shape[0] != hist.shape[1]:
@@ -78,6 +110,8 @@ def segmentation_metrics(confusion) -> dict:
         pixel_acc = diag.sum() / total
         class_acc = diag / gt_count
         iou = diag / (gt_count + pred_count - diag)
+        precision = diag / pred_count
+        f1 = 2 * diag / (gt_count + pred_count)
         freq = gt_count / total
     present = freq > 0
     fw_iou = float((freq[present] * iou[present]).sum()) if total > 0 else float("nan")
@@ -86,5 +120,11 @@ def segmentation_metrics(confusion) -> dict:
         "mean_acc": _nanmean(class_acc),
         "mean_iou": _nanmean(iou),
         "fw_iou": fw_iou,
+        "mean_precision": _nanmean(precision),
+        "mean_recall": _nanmean(class_acc),
+        "mean_f1": _nanmean(f1),
         "per_class_iou": [float(v) for v in iou],
+        "per_class_precision": [float(v) for v in precision],
+        "per_class_recall": [float(v) for v in class_acc],
+        "per_class_f1": [float(v) for v in f1],
     }

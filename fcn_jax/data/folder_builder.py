@@ -3,9 +3,10 @@
 Reads the files of a layout (data.layouts: a folder of images/ + labels/ + classes.json, or a benchmark's own
 tree) once, checks every example (image readable, label the image's size, every label value a class of the dataset
 description, data.dataset_info) and writes each split as array_record under data_dir, with the same machinery and
-checks as the VOC builder (data.voc_builder). Nothing is downloaded. The build records the pixels of every class
-per split; `summary` gives them with the split sizes (what `python -m fcn_jax.folder_dataset` prints), and a class
-without a labelled pixel in any split is a warning (data.label_checks), at the build and whenever the data is read.
+checks as the VOC builder (data.voc_builder). Nothing is downloaded. The build records per split the labelled
+pixels of every class and the images holding it (data.class_balance); `summary` gives them with the split sizes and
+the class weights they imply (what `python -m fcn_jax.folder_dataset` prints), and a class without a labelled pixel
+in any split is a warning (data.label_checks), at the build and whenever the data is read.
 
 A prepared data_dir remembers what it was built from (folder, description, split rule, a fingerprint of every
 file): reading it for another folder, or after files changed, is an error that says to use another data_dir.
@@ -20,8 +21,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from fcn_jax.core.constants import IGNORE_LABEL
 from fcn_jax.data import (
+    class_balance,
     dataset_info,
     input_pipeline,  # noqa: F401  (imported first: it keeps TF off the accelerators)
     label_checks,
@@ -85,16 +86,15 @@ class FolderDataset(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(split, files, heads) for split, files in splits.items()}
 
     def _generate_examples(self, split, files, heads):
-        """The split's examples; once all are read, their pixels per class go into the metadata (class_pixels)."""
+        """The split's examples; once all are read, their label counts go into the metadata (label_counts)."""
         skip = self.builder_config.skip_bad_examples and split.startswith(TRAIN_SPLIT_PREFIX)
-        counts = np.zeros((len(heads), 256), np.int64)
+        counts = [class_balance.LabelCounts.zeros(info.num_classes) for _, info in heads]
         for key, example in layouts.read_examples(self.name, split, files, lambda f: read_example(f, heads), skip):
-            label = example["label"].reshape(-1, len(heads))
-            counts += np.stack([np.bincount(label[:, head], minlength=256) for head in range(len(heads))])
+            label = example["label"].reshape(*example["label"].shape[:2], len(heads))
+            for head, head_counts in enumerate(counts):
+                head_counts.add(label[..., head])
             yield key, example
-        head_classes = tuple(info.num_classes for _, info in heads)
-        pixels = [np.append(c[:k], c[IGNORE_LABEL]).tolist() for c, k in zip(counts, head_classes)]
-        self.info.metadata.setdefault("class_pixels", {})[split] = pixels  # written with the metadata after the build
+        self.info.metadata.setdefault("label_counts", {})[split] = [c.to_json() for c in counts]  # saved after
 
 
 def heads_json(heads: dataset_info.Heads) -> dict:
@@ -164,52 +164,62 @@ def prepared_heads(prepared: FolderDataset) -> dataset_info.Heads:
 
 def label_warnings(prepared: FolderDataset) -> list[str]:
     """One line per head with a class no split labels (data.label_checks), from the counts the build recorded."""
-    pixels = prepared.info.metadata.get("class_pixels") or {}
+    stored = prepared.info.metadata.get("label_counts") or {}
     config, root = prepared.builder_config, prepared.info.metadata.get("manual_dir", "")
     description = config.classes or (f"{root}/classes.json" if config.layout == "folder" else "a classes.json")
     fix_in = f"{description} (then delete {prepared.data_dir} and build again)"
     lines = []
-    for head, (name, info) in enumerate(prepared_heads(prepared) if pixels else ()):
-        total = np.sum([np.asarray(pixels[split][head], np.int64) for split in pixels], axis=0)
-        line = label_checks.unlabelled_warning(info, total[:-1], f"in any split ({', '.join(pixels)})",
-                                               ignored=int(total[-1]), fix_in=fix_in)
+    for head, (name, info) in enumerate(prepared_heads(prepared) if stored else ()):
+        counts = [class_balance.LabelCounts.from_json(stored[split][head]) for split in stored]
+        line = label_checks.unlabelled_warning(info, sum(c.pixels for c in counts),
+                                               f"in any split ({', '.join(stored)})",
+                                               ignored=sum(c.ignored for c in counts), fix_in=fix_in)
         if line:
             lines.append(f"{prepared.data_dir}{f' head {name}' if name else ''}: {line}")
     return lines
 
 
-def split_pixels(prepared: FolderDataset, progress: bool = False) -> dict[str, list[np.ndarray]]:
-    """Per split and head, (classes + 1,) labelled pixels of every class, then the ignored ones: as the build
-    recorded them, else (a data_dir built before it did) counted now."""
-    stored = prepared.info.metadata.get("class_pixels") or {}
+def split_counts(prepared: FolderDataset, progress: bool = False) -> dict[str, list[class_balance.LabelCounts]]:
+    """Per split, each head's LabelCounts: as the build recorded them, else (a data_dir built before it did) counted
+    now."""
+    stored = prepared.info.metadata.get("label_counts") or {}
     if set(stored) == set(prepared.info.splits):
-        return {split: [np.asarray(c, np.int64) for c in stored[split]] for split in prepared.info.splits}
+        return {split: [class_balance.LabelCounts.from_json(c) for c in stored[split]] for split in stored}
     head_classes = tuple(info.num_classes for _, info in prepared_heads(prepared))
-    return {s: class_pixels(SplitSource(prepared.as_data_source(s)), head_classes, progress)
-            for s in prepared.info.splits}
-
-
-def class_pixels(source, head_classes: tuple[int, ...], progress: bool = False) -> list[np.ndarray]:
-    """Per head, (classes + 1,) labelled pixels of every class over a split, then the ignored ones."""
-    counts = np.zeros((len(head_classes), 256), np.int64)
-    for i in tqdm(range(len(source)), desc="counting pixels", unit="image", disable=not progress, leave=False):
-        label = source[i]["label"].reshape(-1, len(head_classes))
-        for head in range(len(head_classes)):
-            counts[head] += np.bincount(label[:, head], minlength=256)
-    return [np.append(c[:k], c[IGNORE_LABEL]) for c, k in zip(counts, head_classes)]
+    counted = {}
+    for split in prepared.info.splits:
+        source = SplitSource(prepared.as_data_source(split))
+        labels = (source[i]["label"] for i in tqdm(range(len(source)), desc=f"counting {split} pixels", unit="image",
+                                                   disable=not progress, leave=False))
+        counted[split] = class_balance.count_labels(labels, head_classes)
+    return counted
 
 
 def summary(prepared: FolderDataset, progress: bool = False) -> str:
-    """Split sizes and per-class pixel counts (of every head), as the CLI prints them."""
+    """Split sizes, per class the labelled pixels and the images holding it (of every head), and the class weights
+    config.loss.class_weights would count on the train split, as the CLI prints them."""
     heads = prepared_heads(prepared)
     splits = list(prepared.info.splits)
-    counts = split_pixels(prepared, progress)
+    counts = split_counts(prepared, progress)
+    train = next((s for s in splits if s.startswith(TRAIN_SPLIT_PREFIX)), None)
     lines = [f"{prepared.data_dir}", f"splits by {prepared.info.metadata['split_rule']}"]
     width = max(12, *(len(n) + 2 for _, info in heads for n in info.classes))
     lines += ["", f"{'':<{width}}" + "".join(f"{s:>14}" for s in splits),
               f"{'images':<{width}}" + "".join(f"{prepared.info.splits[s].num_examples:>14}" for s in splits)]
     for head, (name, info) in enumerate(heads):
-        lines += ["", f"{info.name}{f' (head {name})' if name else ''}: {info.num_classes} classes, labelled pixels"]
-        for index, class_name in enumerate((*info.classes, "(ignored)")):
-            lines.append(f"{class_name:<{width}}" + "".join(f"{counts[s][head][index]:>14}" for s in splits))
+        of_head = f" (head {name})" if name else ""
+        lines += ["", f"{info.name}{of_head}: {info.num_classes} classes, labelled pixels"]
+        for index, class_name in enumerate(info.classes):
+            lines.append(f"{class_name:<{width}}" + "".join(f"{counts[s][head].pixels[index]:>14}" for s in splits))
+        lines.append(f"{'(ignored)':<{width}}" + "".join(f"{counts[s][head].ignored:>14}" for s in splits))
+        lines += ["", f"per class, the images holding it{of_head}"]
+        for index, class_name in enumerate(info.classes):
+            lines.append(f"{class_name:<{width}}" + "".join(f"{counts[s][head].images[index]:>14}" for s in splits))
+        if train:
+            methods = [m for m in class_balance.METHODS if m != "none"]
+            weights = [class_balance.class_weights(m, [counts[train][head]])[0] for m in methods]
+            lines += ["", f"class weights from {train}{of_head} (config.loss.class_weights)",
+                      f"{'':<{width}}" + "".join(f"{m:>18}" for m in methods)]
+            lines += [f"{class_name:<{width}}" + "".join(f"{w[index]:>18.3f}" for w in weights)
+                      for index, class_name in enumerate(info.classes)]
     return "\n".join(lines)

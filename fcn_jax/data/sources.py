@@ -110,8 +110,12 @@ def describe_dataset(config) -> dataset_info.Heads:
 
 
 def load_sources(config) -> tuple:
-    """(train source, eval source): random-access splits of config.data."""
-    return get(config.data.source).load(config.data)
+    """(train source, eval source): random-access splits of config.data, the train one narrowed to the fraction /
+    folds config.data asks for (data.subsets)."""
+    from fcn_jax.data import subsets
+
+    train, evaluation = get(config.data.source).load(config.data)
+    return subsets.train_subset(train, config.data), evaluation
 
 
 def _sync(name: str) -> None:

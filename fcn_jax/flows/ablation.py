@@ -29,7 +29,7 @@ from typing import Any
 
 import ml_collections
 
-from fcn_jax.core.constants import SCORES
+from fcn_jax.core.constants import CLASS_SCORES, MORE_SCORES, SCORES
 from fcn_jax.train import preemption
 from fcn_jax.weights import artifacts
 
@@ -211,10 +211,11 @@ def total_steps(variants, workdir: str) -> dict[str, int]:
 def results_table(variants, results: list[dict], workdir: str) -> str:
     """Markdown table like the paper's, scores in percent."""
     totals = total_steps(variants, workdir)
-    lines = ["| variant | changes from the base | steps | pixel acc | mean acc | mean IU | fw IU | params | "
-             "train images/s |", "|---|---|---|---|---|---|---|---|---|"]
+    titles = [title for _, title in SCORES + MORE_SCORES]
+    lines = ["| variant | changes from the base | steps | " + " | ".join(titles) + " | params | train images/s |",
+             "|---" * (len(titles) + 5) + "|"]
     for (name, description, _), result in zip(variants, results):
-        scores = " | ".join(f"{100 * result[key]:.2f}" for key, _ in SCORES)
+        scores = " | ".join(_percent(result.get(key), ".2f") for key, _ in SCORES + MORE_SCORES)
         lines.append(f"| {name} | {description} | {totals[name]} | {scores} | {result['params']:,} | "
                      f"{result['images_per_s']:.1f} |")
     return "\n".join(lines)
@@ -230,17 +231,20 @@ def describe_base(config: ml_collections.ConfigDict) -> str:
             f"{train_config.num_steps} steps")
 
 
-def class_table(variants, results: list[dict]) -> str:
-    """Per-class IU (%) of every variant, a row a class, named by the dataset (the runs' per_class_iou)."""
+def _percent(value, spec: str) -> str:
+    return "n/a" if value is None or value != value else f"{100 * value:{spec}}"
+
+
+def class_table(variants, results: list[dict], key: str = "per_class_iou", title: str = "IU") -> str:
+    """Per-class `key` scores (%) of every variant, a row a class, named by the dataset (the runs' per_class_*)."""
     names = [name for name, _, _ in variants]
-    per_class = results[0].get("per_class_iou") if results else None
-    if not isinstance(per_class, dict):  # a result.json from before classes were named
+    per_class = results[0].get(key) if results else None
+    if not isinstance(per_class, dict):  # a result.json from before classes were named, or without this score
         return ""
-    classes = list(per_class)
-    rows = ["## IU per class (%)", "", "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for cls in classes:
-        values = [result.get("per_class_iou", {}).get(cls) for result in results]
-        rows.append(f"| {cls} | " + " | ".join("n/a" if v is None else f"{100 * v:.1f}" for v in values) + " |")
+    rows = [f"## {title} per class (%)", "", "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for cls in per_class:
+        values = [result.get(key, {}).get(cls) for result in results]
+        rows.append(f"| {cls} | " + " | ".join(_percent(v, ".1f") for v in values) + " |")
     return "\n".join(rows)
 
 
@@ -251,7 +255,8 @@ def write_results(base: ml_collections.ConfigDict, variants, results: list[dict]
             results_table(variants, results, workdir), "",
             f"Scores (%) on {base.data.eval_split} after the last step; steps include those of the variant a run "
             "was initialised from; train images/s is the median over logging windows.", "",
-            "![results](results.png)", "", class_table(variants, results), ""]
+            "![results](results.png)", "",
+            *(f"{class_table(variants, results, key, title)}\n" for key, title in CLASS_SCORES)]
     md_path = os.path.join(workdir, "results.md")
     with open(md_path, "w") as f:
         f.write("\n".join(text))

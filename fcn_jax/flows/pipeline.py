@@ -9,7 +9,10 @@ and is skipped once finished there, so an interrupted pipeline resumes where it 
   fcn               fcn/<variant>/: the FCN stages of config.stages, trained by train.job.train_and_evaluate, the
                     first from the converted weights, each next one from the previous (32s -> 16s -> 8s);
   segment           segment/: the last FCN on new images (freshly drawn synthetic scenes with their labels, or
-                    config.segment.images): palette masks, overlays and, with labels, the four scores.
+                    config.segment.images): palette masks, overlays and, with labels, the four scores;
+  study             study/: the last FCN studied on its data (flows.study): the classes that lack samples, the
+                    labels that look wrong (config.study.folds >= 2: every training label, out of fold), and
+                    the new images of the segment stage ranked for annotation.
 Then report.md gathers every stage's numbers and embeds the overlays.
 """
 from __future__ import annotations
@@ -37,7 +40,7 @@ from fcn_jax.train import config_checks, job, loop
 from fcn_jax.train.step import ConfigError, init_key
 from fcn_jax.weights import artifacts, checkpoints
 
-STAGES = ("classifier", "convolutionalize", "fcn", "segment")
+STAGES = ("classifier", "convolutionalize", "fcn", "segment", "study")
 
 
 # ----------------------------------------------------------------------------- stage 1: the classifier
@@ -208,6 +211,26 @@ def segment_stage(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return _cached(directory, cfg, compute)
 
 
+def study_stage(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Stage 5: workdir/study, the last FCN stage studied on its data; the segment stage's images are the pool
+    ranked for annotation."""
+    from fcn_jax.flows import study
+
+    directory = os.path.join(workdir, "study")
+    cfg = config.study
+
+    def compute():
+        weights = fcn_stage_configs(config, workdir)[-1][0]
+        segmented = artifacts.read_result(json.loads(config.segment.to_json()), os.path.join(workdir, "segment"))
+        images = os.path.join(workdir, segmented["images"])
+        result = study.run(weights, directory, study.Options(folds=cfg.folds, unlabelled=images, worst=cfg.worst))
+        return {"lacking_samples": result["lacking_samples"], "suspect_labels": result["suspect_labels"][:cfg.worst],
+                "annotate_next": [{**r, "path": os.path.relpath(r["path"], workdir)}
+                                  for r in result["annotate_next"][:cfg.worst]]}
+
+    return _cached(directory, cfg, compute)
+
+
 # ----------------------------------------------------------------------------- the whole pipeline and its report
 
 
@@ -224,7 +247,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config_checks.validate_config(stage_config)
     os.makedirs(workdir, exist_ok=True)
     results = {}
-    for name, stage in zip(STAGES, (classifier_stage, convolutionalize_stage, fcn_stage, segment_stage)):
+    for name, stage in zip(STAGES, (classifier_stage, convolutionalize_stage, fcn_stage, segment_stage, study_stage)):
         logging.info("pipeline stage %s", name)
         results[name] = stage(config, workdir)
     with open(os.path.join(workdir, "report.md"), "w") as f:
@@ -238,7 +261,7 @@ def _percent(value) -> str:
 
 def report(config: ml_collections.ConfigDict, results: dict) -> str:
     """Markdown: every stage's numbers, paths relative to the workdir (so the images render next to it)."""
-    cls, conv, fcn, seg = (results[name] for name in STAGES)
+    cls, conv, fcn, seg, study = (results[name] for name in STAGES)
     cfg = classifier.classifier_config(config)
     lines = [
         "# From a classifier to segmentation", "",
@@ -275,4 +298,15 @@ def report(config: ml_collections.ConfigDict, results: dict) -> str:
         acc = _percent(entry["pixel_acc"]) if "pixel_acc" in entry else ""
         lines.append(f"| `{entry['image']}` | ![]({entry['overlay']}) | {gt} | {acc} | "
                      f"{', '.join(entry['classes']) or 'none'} |")
+    folds = (f"every training label scored by {config.study.folds} models each trained without its fold, and "
+             f"{config.fcn.data.eval_split} by the last FCN" if config.study.folds else
+             f"{config.fcn.data.eval_split} scored by the last FCN (config.study.folds >= 2 scores the training labels "
+             "too)")
+    lines += ["", "## 5. Studying the samples (`study/`, its [report](study/report.md))", "",
+              "Classes that lack samples: " + (", ".join(study["lacking_samples"]) or "none") + ".", "",
+              f"Labels that look wrong, lowest label quality first ({folds}): "
+              + ", ".join(f"{r['split']} {r['id']} ({r['label_quality']:.3f})" for r in study["suspect_labels"])
+              + ".", "", "New images to annotate next, most uncertain first: "
+              + ", ".join(f"`{r['path']}` ({r['uncertainty']:.3f})"
+                          for r in study["annotate_next"]) + "."]
     return "\n".join(lines) + "\n"

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from fcn_jax.core.constants import SCORES
+from fcn_jax.core.constants import CLASS_SCORES, MORE_SCORES, SCORES
 from fcn_jax.data import dataset_info, examples, label_checks
 from fcn_jax.infer import batching, modes
 from fcn_jax.infer.network import Network
@@ -44,18 +44,23 @@ def _head_keys(index: int, name: str) -> tuple[str, str]:
 
 
 def report(result: dict, heads: dataset_info.Heads) -> str:
-    """The four scores and the per-class IU table of every head, in percent as in the paper."""
-    def percent(value):
-        return "     n/a" if math.isnan(value) else f"{100 * value:8.2f}"
+    """The paper's four scores, then the per-image mean IU and mean precision / recall / F1, and a table of every
+    class's IU, precision, recall and F1, for every head, in percent as in the paper."""
+    def percent(value, width=8):
+        return f"{'n/a':>{width}}" if value is None or math.isnan(value) else f"{100 * value:{width}.2f}"
 
-    width = max(12, *(len(name) + 1 for _, info in heads for name in info.classes))
+    width = max(19, *(len(name) + 1 for _, info in heads for name in info.classes))  # 19: "mean IU per image"
     lines = []
     for index, (name, info) in enumerate(heads):
         suffix, title = _head_keys(index, name)
         lines += [""] * bool(index) + [f"{title}{info.name}"] * bool(title)
         lines += [f"{label:<{width}}{percent(result[key + suffix])}" for key, label in SCORES]
-        lines += ["", f"{'class':<{width}}{'IU':>8}"]
-        lines += [f"{c:<{width}}{percent(iou)}" for c, iou in zip(info.classes, result["per_class_iou" + suffix])]
+        lines += [f"{label:<{width}}{percent(result.get(key + suffix))}" for key, label in MORE_SCORES
+                  if key + suffix in result]
+        columns = [(key, title) for key, title in CLASS_SCORES if key + suffix in result]
+        lines += ["", f"{'class':<{width}}" + "".join(f"{title:>10}" for _, title in columns)]
+        lines += [f"{c:<{width}}" + "".join(percent(result[key + suffix][i], 10) for key, _ in columns)
+                  for i, c in enumerate(info.classes)]
         warning = label_checks.unlabelled_warning(info, labelled_pixels(result, suffix), "in these labels")
         lines += [f"warning: {warning}"] * bool(warning)
     return "\n".join(lines)
@@ -69,10 +74,15 @@ def labelled_pixels(result: dict, suffix: str = "") -> list[int]:
     return [0 if math.isnan(iou) else 1 for iou in result["per_class_iou" + suffix]]
 
 
+def named_classes(result: dict, classes, suffix: str = "") -> dict:
+    """The per-class lists of a head's result (IU, precision, recall, F1) as dicts keyed by class name."""
+    return {key + suffix: dict(zip(classes, result[key + suffix])) for key, _ in CLASS_SCORES
+            if isinstance(result.get(key + suffix), list)}
+
+
 def to_json(result: dict, heads: dataset_info.Heads, **context) -> str:
-    """JSON of the result: per-class IU keyed by class name, NaN (class absent) as null."""
+    """JSON of the result: per-class scores keyed by class name, NaN (class absent) as null."""
     out = {**context, **result}
     for index, (name, info) in enumerate(heads):
-        key = "per_class_iou" + _head_keys(index, name)[0]
-        out[key] = dict(zip(info.classes, result[key]))
+        out.update(named_classes(result, info.classes, _head_keys(index, name)[0]))
     return json.dumps(artifacts.json_clean(out), indent=2)

@@ -49,7 +49,7 @@ class Runner:
         self.rows = batching.global_batch_size(batch_size, mesh)
         self.pad_multiple, self.buckets = pad_multiple, buckets
         self._compiled: dict[str, steps.CompiledSteps] = {}
-        self._logit_steps = None if mode.plain else modes.LogitSteps(apply_fn, mesh, batch_size)
+        self._logit_steps = modes.LogitSteps(apply_fn, mesh, batch_size)  # compiled only once used
 
     @classmethod
     def of(cls, network, **options) -> Runner:
@@ -60,7 +60,7 @@ class Runner:
     # ------------------------------------------------------------------------- statistics of the compiled steps
 
     def _all_steps(self) -> list[steps.CompiledSteps]:
-        return list(self._compiled.values()) + ([self._logit_steps.steps] if self._logit_steps else [])
+        return list(self._compiled.values()) + [self._logit_steps.steps]
 
     @property
     def compilations(self) -> int:
@@ -86,9 +86,15 @@ class Runner:
         return batching.batch_shape_of(self.pad_multiple, self.buckets, image_of)
 
     def _logits(self, params: Any, image: np.ndarray) -> np.ndarray:
-        """(H, W, classes of all heads) float32 logits of one uint8 image in this (non-plain) mode."""
+        """(H, W, classes of all heads) float32 logits of one uint8 image in this mode."""
         run = functools.partial(self._logit_steps, params)
         return modes.image_logits(run, normalize(image, self.normalization), self.mode)
+
+    def logits(self, params: Any, images: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray]]:
+        """(key, uint8 RGB image) pairs -> (key, (H, W, classes of all heads) float32 logits), one image at a time
+        at its own size, in order (what a study of the samples reads probabilities from)."""
+        for key, image in batching.prefetch(images):
+            yield key, self._logits(params, image)
 
     def masks(self, params: Any, images: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray, Any]]:
         """(key, uint8 RGB image) pairs -> (key, image, (H, W) uint8 mask; (H, W, heads) for several heads).

@@ -1,6 +1,7 @@
 """The pure inference steps and their compiled forms: logits -> masks, confusion matrices and losses, summed.
 
-    eval_step(params, batch) -> per head: confusion matrix, summed loss, valid pixels; and the predicted masks
+    eval_step(params, batch) -> per head: confusion matrix, each image's mean IU, summed loss, valid pixels; and the
+        predicted masks
     predict_step(params, batch) -> masks
     CompiledSteps: a step compiled once per batch shape over a mesh (compilations counted and timed)
     Scores: eval_step outputs summed over a split -> core.metrics.segmentation_metrics of each head
@@ -26,8 +27,8 @@ def _suffix(index: int, name: str) -> str:
 
 
 def logit_scores(logits: jax.Array, labels: jax.Array, heads: tuple[tuple[str, int], ...]) -> dict:
-    """Per head (models.zoo.head_specs): confusion matrix (summed over the batch), summed loss and valid pixels; and
-    the predicted masks, (B, H, W) or (B, H, W, heads)."""
+    """Per head (models.zoo.head_specs): confusion matrix (summed over the batch), each image's mean IU (NaN for a
+    padding image), summed loss and valid pixels; and the predicted masks, (B, H, W) or (B, H, W, heads)."""
     out, predictions = {}, []
     for index, ((name, classes), (head_logits, head_labels)) in enumerate(
             zip(heads, losses.split_heads(logits, labels, tuple(k for _, k in heads)))):
@@ -35,7 +36,9 @@ def logit_scores(logits: jax.Array, labels: jax.Array, heads: tuple[tuple[str, i
         suffix = _suffix(index, name)
         out[f"loss_sum{suffix}"], out[f"num_valid{suffix}"] = losses.pixel_cross_entropy(
             head_logits, head_labels, reduction="sum")
-        out[f"confusion{suffix}"] = metrics.confusion_matrix(prediction, head_labels, classes)
+        confusions = metrics.image_confusions(prediction, head_labels, classes)  # (B, K, K)
+        out[f"confusion{suffix}"] = confusions.sum(0)
+        out[f"image_iou{suffix}"] = metrics.image_mean_iou(confusions)
         predictions.append(prediction)
     out["prediction"] = (predictions[0] if len(predictions) == 1 else jnp.stack(predictions, -1)).astype(jnp.uint8)
     return out
@@ -93,7 +96,7 @@ def eval_steps(apply_fn, heads: tuple[tuple[str, int], ...], mesh: Mesh) -> Comp
     step = functools.partial(eval_step, apply_fn=apply_fn, heads=heads)
     replicated = parallel.replicated(mesh)
     shardings = {f"{key}{_suffix(i, name)}": replicated for i, (name, _) in enumerate(heads)
-                 for key in ("confusion", "loss_sum", "num_valid")}
+                 for key in ("confusion", "image_iou", "loss_sum", "num_valid")}
     return CompiledSteps(step, mesh, out_shardings={**shardings, "prediction": parallel.batch_sharded(mesh)})
 
 
@@ -114,6 +117,7 @@ class Scores:
         self.confusions = {s: np.zeros((k, k), np.int64) for s, (_, k) in zip(self.suffixes, heads)}
         self.loss_sums = dict.fromkeys(self.suffixes, 0.0)
         self.num_valids = dict.fromkeys(self.suffixes, 0)
+        self.image_ious: dict[str, list[float]] = {s: [] for s in self.suffixes}  # images with a labelled pixel
 
     @property
     def confusion(self) -> np.ndarray:
@@ -129,6 +133,7 @@ class Scores:
             self.confusions[s] += stats[f"confusion{s}"]
             self.loss_sums[s] += float(stats[f"loss_sum{s}"])
             self.num_valids[s] += int(stats[f"num_valid{s}"])
+            self.image_ious[s] += [float(v) for v in np.asarray(stats[f"image_iou{s}"]) if not np.isnan(v)]
 
     def result(self) -> dict:
         """segmentation_metrics of each head's summed confusion and its mean loss per valid pixel; the first
@@ -137,5 +142,6 @@ class Scores:
         for s in self.suffixes:
             head = metrics.segmentation_metrics(self.confusions[s])
             head["loss"] = self.loss_sums[s] / max(self.num_valids[s], 1)
+            head["per_image_mean_iou"] = float(np.mean(self.image_ious[s])) if self.image_ious[s] else float("nan")
             result.update({f"{k}{s}": v for k, v in head.items()})
         return result

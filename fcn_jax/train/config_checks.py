@@ -10,8 +10,9 @@ import os
 
 import jax
 
+from fcn_jax.core import losses
 from fcn_jax.core.constants import IGNORE_LABEL
-from fcn_jax.data import dataset_info, sources
+from fcn_jax.data import class_balance, dataset_info, sources, subsets
 from fcn_jax.infer import modes
 from fcn_jax.models import resnet, vgg, zoo
 from fcn_jax.train.step import ConfigError
@@ -50,11 +51,33 @@ def validate_model(config) -> None:
         raise ConfigError(f"config.model: {error}") from None
 
 
+def loss_spec(config, weights: tuple[tuple[float, ...], ...] | None = None) -> losses.LossSpec:
+    """config.loss as a LossSpec, checked (one-line ConfigError); `weights`: the class weights counted on the train
+    split when config.loss.class_weights names a method (None: explicit weights only)."""
+    head_classes = tuple(k for _, k in zoo.head_specs(config.model.num_classes, config.model.heads))
+    options = config.loss
+    try:
+        parsed = class_balance.parse(options.class_weights, head_classes)
+        spec = losses.LossSpec(
+            name=options.name, class_weights=parsed if isinstance(parsed, tuple) else (weights or ()),
+            dice_weight=options.dice_weight, focal_gamma=options.focal_gamma, ohem_threshold=options.ohem_threshold,
+            ohem_min_kept=options.ohem_min_kept)
+        spec.check(head_classes)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return spec
+
+
 def validate_config(config) -> None:
     """Bad values fail here, before anything is compiled, with one clear line."""
     validate_model(config)
     if config.loss_reduction not in ("sum", "mean"):
         raise ConfigError(f"config.loss_reduction={config.loss_reduction!r}: expected sum or mean")
+    loss_spec(config, weights=())  # the loss's settings, its class weights' form
+    try:
+        subsets.check(config.data.train_fraction, config.data.folds, config.data.fold)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     validate_source(config)
     splits = sources.get(config.data.source).splits  # other layouts' splits are known once their files are listed
     if splits:

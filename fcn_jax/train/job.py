@@ -17,12 +17,12 @@ import ml_collections
 import numpy as np
 
 from fcn_jax.core import parallel
-from fcn_jax.data import dataset_info, sources
+from fcn_jax.data import class_balance, dataset_info, sources
 from fcn_jax.infer import modes
 from fcn_jax.infer.runner import Runner
 from fcn_jax.models import resnet, zoo
 from fcn_jax.train import loop, validation
-from fcn_jax.train.config_checks import resolve_num_classes, validate_config
+from fcn_jax.train.config_checks import loss_spec, resolve_num_classes, validate_config
 from fcn_jax.train.step import (
     ConfigError,
     TrainState,
@@ -47,6 +47,25 @@ def _init_from(state: TrainState, path: str, mesh) -> TrainState:
     params, report = merge_params(jax.tree.map(np.asarray, host_state.params), loaded, strict=False)
     logging.info("init_from %s: %s", path, report)
     return parallel.replicate(host_state.replace(params=params, opt_state=host_state.tx.init(params)), mesh)
+
+
+def counted_class_weights(config: ml_collections.ConfigDict, train_source,
+                          info: dataset_info.Heads) -> tuple[tuple[float, ...], ...] | None:
+    """The class weights config.loss.class_weights names a method for, counted on the train split (logged with
+    the class names); None for "none" or explicit weights."""
+    method = config.loss.class_weights.strip()
+    if method not in class_balance.METHODS or method == "none":
+        return None
+    from tqdm import tqdm
+
+    labels = (train_source[i]["label"] for i in tqdm(range(len(train_source)), desc="counting class pixels",
+                                                      unit="image", disable=jax.process_index() != 0, leave=False))
+    weights = class_balance.class_weights(method, class_balance.count_labels(labels, tuple(i.num_classes
+                                                                                           for _, i in info)))
+    for (name, head_info), head_weights in zip(info, weights):
+        logging.info("class weights (%s, %s%s): %s", method, config.data.train_split, f", head {name}" * bool(name),
+                     ", ".join(f"{c} {w:.3g}" for c, w in zip(head_info.classes, head_weights)))
+    return weights
 
 
 def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh, info: dataset_info.Heads) -> loop.Job:
@@ -94,7 +113,8 @@ def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh, info: dataset
         state=state, rng=jax.device_put(jax.random.PRNGKey(config.seed), replicated),
         step_fn=functools.partial(train_step, loss_reduction=config.loss_reduction, num_classes=head_classes,
                                   aux_loss_weight=config.aux_loss_weight,
-                                  learnable_upsample=config.model.learnable_upsample),
+                                  learnable_upsample=config.model.learnable_upsample,
+                                  loss_spec=loss_spec(config, counted_class_weights(config, train_source, info))),
         abstract_batch={"image": jax.ShapeDtypeStruct(image_shape, jnp.float32, sharding=sharded),
                         "label": jax.ShapeDtypeStruct(label_shape, jnp.int32, sharding=sharded)},
         batches=batches, batch_size=config.train.global_batch_size, mesh=mesh, log_keys=("loss", "pixel_acc"),

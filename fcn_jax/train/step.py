@@ -131,13 +131,15 @@ def without_frozen_gradients(params: Any, learnable_upsample: bool) -> Any:
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_reduction: str,
                num_classes: int | tuple[int, ...], aux_loss_weight: float = 0.0,
-               learnable_upsample: bool = True) -> tuple[TrainState, dict]:
+               learnable_upsample: bool = True,
+               loss_spec: losses.LossSpec = losses.PLAIN) -> tuple[TrainState, dict]:
     """One SGD step on a global batch. A non-finite loss or gradient leaves the state unchanged.
 
     num_classes: the classes of each score head (a tuple for a multi-head FCN, whose loss sums the heads').
     A model may sow "aux" logits (added to the loss x aux_loss_weight) and "batch_stats" (batch-norm statistics
     of the global batch, which move the running ones: resnet.running_statistics). learnable_upsample=False: the
-    upsampling kernels are frozen (config.model.learnable_upsample) and get no gradient."""
+    upsampling kernels are frozen (config.model.learnable_upsample) and get no gradient. loss_spec: the loss
+    (config.loss: class weights, focal, OHEM, Dice; plain cross entropy by default)."""
     head_classes = (num_classes,) if isinstance(num_classes, int) else tuple(num_classes)
     dropout_rng = jax.random.fold_in(rng, state.step)
 
@@ -145,11 +147,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_reduction
         params = without_frozen_gradients(params, learnable_upsample)
         logits, sown = state.apply_fn({"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng},
                                       mutable=["aux", "batch_stats"] if aux_loss_weight else ["batch_stats"])
-        loss, num_valid = losses.multi_head_cross_entropy(logits, batch["label"], head_classes,
-                                                          reduction=loss_reduction)
+        loss, num_valid = losses.multi_head_loss(logits, batch["label"], head_classes, loss_spec,
+                                                 reduction=loss_reduction)
         if aux_loss_weight and "aux" in sown:
-            aux_loss, _ = losses.multi_head_cross_entropy(sown["aux"]["logits"][0], batch["label"], head_classes,
-                                                          reduction=loss_reduction)
+            aux_loss, _ = losses.multi_head_loss(sown["aux"]["logits"][0], batch["label"], head_classes, loss_spec,
+                                                 reduction=loss_reduction)
             loss = loss + aux_loss_weight * aux_loss
         return loss, (logits, num_valid, sown.get("batch_stats", {}))
 

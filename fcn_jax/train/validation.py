@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from fcn_jax.data import dataset_info, examples, label_checks, visualize
+from fcn_jax.infer import evaluation
 from fcn_jax.infer.runner import Runner
 from fcn_jax.models import zoo
 from fcn_jax.weights import artifacts
@@ -51,7 +52,7 @@ def validate(params: Any, step: int, *, config, eval_source, runner: Runner, wor
     result = scores.result()
     for index, (name, head_info) in enumerate(info):  # metrics.jsonl names the classes
         suffix = f"_{name}" if index else ""
-        result["per_class_iou" + suffix] = dict(zip(head_info.classes, result["per_class_iou" + suffix]))
+        result.update(evaluation.named_classes(result, head_info.classes, suffix))
         warning = label_checks.unlabelled_warning(head_info, scores.confusions[suffix].sum(axis=1),
                                                   f"in {config.data.eval_split}")
         if warning and jax.process_index() == 0:  # IU n/a, mean IU over the other classes: not to pass silently

@@ -1,4 +1,5 @@
 """Tests for fcn_jax.core.losses: golden values, ignore-label invariants, dtypes."""
+import dataclasses
 import functools
 import math
 
@@ -167,14 +168,148 @@ def test_multi_head_loss_is_the_sum_of_each_heads_loss_on_its_channels_and_label
     labels[0, 0, 0] = (255, 1)
     labels[1, 2, 3] = (2, 255)
     for reduction in ("sum", "mean"):
-        loss, num_valid = losses.multi_head_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), (4, 3),
-                                                          reduction=reduction)
+        loss, num_valid = losses.multi_head_loss(jnp.asarray(logits), jnp.asarray(labels), (4, 3),
+                                                 reduction=reduction)
         parts = [_numpy_cross_entropy(logits[..., :4], labels[..., 0]), _numpy_cross_entropy(logits[..., 4:],
                                                                                               labels[..., 1])]
         expected = sum(s / (n if reduction == "mean" else 1) for s, n in parts)
         np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
         assert int(num_valid) == parts[0][1] == 23
-    one, n = losses.multi_head_cross_entropy(jnp.asarray(logits), jnp.asarray(labels[..., 0]), (7,), reduction="sum")
+    one, n = losses.multi_head_loss(jnp.asarray(logits), jnp.asarray(labels[..., 0]), (7,), reduction="sum")
     np.testing.assert_allclose(float(one), _numpy_cross_entropy(logits, labels[..., 0])[0], rtol=1e-5)
     with pytest.raises(ValueError, match=r"2 heads need labels \(N, H, W, 2\)"):
         losses.split_heads(jnp.asarray(logits), jnp.asarray(labels[..., 0]), (4, 3))
+
+
+# ---- LossSpec: class weights, focal, OHEM, Dice against direct NumPy computations ----
+
+def _numpy_loss(logits, labels, spec, reduction, ignore_label=255):
+    """Float64 reference of pixel_loss, written from the definitions in LossSpec's docstring."""
+    x = logits.astype(np.float64)
+    probs = np.exp(x - x.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    valid = labels != ignore_label
+    safe = np.where(valid, labels, 0)
+    p = np.take_along_axis(probs, safe[..., None], -1)[..., 0]
+    per_pixel = -np.log(p)
+    weight = valid.astype(np.float64)
+    if spec.class_weights:
+        weight = weight * np.asarray(spec.class_weights[0])[safe]
+    if spec.name == "focal":
+        per_pixel = per_pixel * (1 - p) ** spec.focal_gamma
+    if spec.name == "ohem":
+        ranked = np.sort(p[valid])
+        keep = p <= spec.ohem_threshold
+        if spec.ohem_min_kept and keep[valid].sum() < spec.ohem_min_kept:
+            keep = p <= ranked[min(spec.ohem_min_kept, len(ranked)) - 1]
+        weight = weight * keep
+    total = (weight * per_pixel)[valid].sum()
+    if reduction == "mean":
+        total /= weight[valid].sum()
+    if spec.dice_weight:
+        dice = []
+        for c in range(x.shape[-1]):
+            y = valid & (labels == c)
+            if y.any():
+                pc = probs[..., c] * valid
+                dice.append(1 - 2 * (pc * y).sum() / (pc.sum() + y.sum()))
+        total += spec.dice_weight * np.mean(dice) * (1 if reduction == "mean" else valid.sum())
+    return total
+
+
+def _random_case(seed=11, k=4, shape=(2, 5, 6)):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (*shape, k)).astype(np.float32)
+    labels = rng.integers(0, k, shape).astype(np.int32)
+    labels[rng.random(shape) < 0.25] = 255
+    return logits, labels
+
+
+SPECS = {
+    "weighted": losses.LossSpec(class_weights=((0.5, 2.0, 1.0, 3.0),)),
+    "focal": losses.LossSpec(name="focal", focal_gamma=2.0),
+    "focal_weighted": losses.LossSpec(name="focal", focal_gamma=1.5, class_weights=((1.0, 4.0, 0.5, 1.0),)),
+    "ohem_threshold": losses.LossSpec(name="ohem", ohem_threshold=0.3, ohem_min_kept=0),
+    "ohem_min_kept": losses.LossSpec(name="ohem", ohem_threshold=0.05, ohem_min_kept=20),
+    "dice": losses.LossSpec(dice_weight=0.7),
+    "dice_weighted": losses.LossSpec(dice_weight=1.0, class_weights=((1.0, 2.0, 3.0, 4.0),)),
+}
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_loss_equals_a_direct_numpy_computation_with_ignore_pixels(name, reduction):
+    logits, labels = _random_case()
+    spec = SPECS[name]
+    loss, num_valid = jax.jit(losses.pixel_loss, static_argnames=("spec", "reduction"))(
+        logits, labels, spec=spec, reduction=reduction)
+    assert int(num_valid) == int((labels != 255).sum())
+    np.testing.assert_allclose(float(loss), _numpy_loss(logits, labels, spec, reduction), rtol=1e-5)
+    grad = jax.grad(lambda x: losses.pixel_loss(x, labels, spec, reduction=reduction)[0])(jnp.asarray(logits))
+    g = np.asarray(grad)
+    assert np.all(np.isfinite(g))
+    assert np.all(g[labels == 255] == 0.0)
+
+
+def test_ohem_keeps_exactly_the_pixels_below_the_threshold_or_the_min_kept_hardest():
+    logits, labels = _random_case(seed=3)
+    probs = np.asarray(jax.nn.softmax(logits))
+    valid = labels != 255
+    p = np.take_along_axis(probs, np.where(valid, labels, 0)[..., None], -1)[..., 0]
+    below = valid & (p <= 0.3)
+    kept = losses._hardest(jnp.asarray(p), jnp.asarray(valid), losses.LossSpec(name="ohem", ohem_threshold=0.3,
+                                                                               ohem_min_kept=0))
+    np.testing.assert_array_equal(np.asarray(kept) > 0, below)
+    many = int(valid.sum()) - 3  # more than below: the many hardest, by probability
+    kept = np.asarray(losses._hardest(jnp.asarray(p), jnp.asarray(valid),
+                                      losses.LossSpec(name="ohem", ohem_threshold=0.3, ohem_min_kept=many))) > 0
+    assert kept.sum() == many and below.sum() < many
+    assert p[kept].max() <= p[valid & ~kept].min()
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_reduces_to_plain_cross_entropy(reduction):
+    logits, labels = _random_case(seed=5)
+    plain, _ = losses.pixel_cross_entropy(logits, labels, reduction=reduction)
+    for spec in (losses.LossSpec(class_weights=((1.0,) * 4,)),          # weights all 1
+                 losses.LossSpec(name="focal", focal_gamma=0.0),        # gamma 0
+                 losses.LossSpec(name="ohem", ohem_threshold=1.0, ohem_min_kept=0),  # threshold 1
+                 losses.LossSpec(name="ohem", ohem_threshold=0.01, ohem_min_kept=10**6),  # min kept >= all
+                 losses.LossSpec(dice_weight=0.0)):
+        loss, _ = losses.pixel_loss(logits, labels, spec, reduction=reduction)
+        np.testing.assert_allclose(float(loss), float(plain), rtol=1e-6, err_msg=str(spec))
+
+
+def test_class_weight_scales_only_its_pixels_and_mean_divides_by_the_weights():
+    # Two pixels of class 0 and one of class 1, uniform logits: each costs log 2.
+    logits = jnp.zeros((1, 1, 4, 2), jnp.float32)
+    labels = jnp.array([[[0, 0, 1, 255]]], jnp.int32)
+    spec = losses.LossSpec(class_weights=((1.0, 10.0),))
+    total, _ = losses.pixel_loss(logits, labels, spec, reduction="sum")
+    mean, _ = losses.pixel_loss(logits, labels, spec, reduction="mean")
+    np.testing.assert_allclose(float(total), 12 * math.log(2), rtol=1e-6)
+    np.testing.assert_allclose(float(mean), math.log(2), rtol=1e-6)  # (2 + 10) log 2 / (2 + 10)
+
+
+def test_multi_head_loss_uses_each_heads_class_weights():
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(1, 3, 4, 5)).astype(np.float32)  # heads of 3 and 2 classes
+    labels = np.stack([rng.integers(0, 3, (1, 3, 4)), rng.integers(0, 2, (1, 3, 4))], -1).astype(np.int32)
+    spec = losses.LossSpec(name="focal", class_weights=((1.0, 2.0, 3.0), (5.0, 0.5)))
+    loss, _ = losses.multi_head_loss(jnp.asarray(logits), jnp.asarray(labels), (3, 2), spec, reduction="sum")
+    expected = sum(_numpy_loss(logits[..., a:b], labels[..., h],
+                               dataclasses.replace(spec, class_weights=(spec.class_weights[h],)), "sum")
+                   for h, (a, b) in enumerate(((0, 3), (3, 5))))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec,match", [
+    (losses.LossSpec(name="lovasz"), "config.loss.name='lovasz': expected one of cross_entropy, focal, ohem"),
+    (losses.LossSpec(class_weights=((1.0, 2.0),)), r"class weights for \[2\] classes, the model's heads have \[3\]"),
+    (losses.LossSpec(focal_gamma=-1.0), "must be >= 0"),
+    (losses.LossSpec(ohem_threshold=0.0), r"must be in \(0, 1\]"),
+])
+def test_bad_loss_settings_raise_one_line(spec, match):
+    with pytest.raises(ValueError, match=match) as error:
+        spec.check((3,))
+    assert "\n" not in str(error.value)

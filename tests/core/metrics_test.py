@@ -186,3 +186,61 @@ def test_bad_input_raises():
         metrics.confusion_matrix(jnp.zeros((2,), jnp.int32), jnp.zeros((2,), jnp.int32), 0)
     with pytest.raises(ValueError, match="square"):
         metrics.segmentation_metrics(np.zeros((3, 4)))
+
+
+def _direct_class_scores(pred, gt, k, ignore_label=255):
+    """Precision, recall and F1 of each class counted straight from flattened pixels, no confusion matrix."""
+    keep = gt != ignore_label
+    pred, gt = pred[keep], gt[keep]
+    out = {"precision": [], "recall": [], "f1": []}
+    for c in range(k):
+        tp, predicted, labelled = np.sum((pred == c) & (gt == c)), np.sum(pred == c), np.sum(gt == c)
+        out["precision"].append(tp / predicted if predicted else math.nan)
+        out["recall"].append(tp / labelled if labelled else math.nan)
+        out["f1"].append(2 * tp / (predicted + labelled) if predicted + labelled else math.nan)
+    return out
+
+
+def test_precision_recall_f1_equal_a_direct_count_from_flattened_predictions():
+    rng = np.random.default_rng(4)
+    k = 5
+    gt = rng.integers(0, k, (3, 9, 11))
+    gt[gt == 4] = 255                       # class 4 never labelled: recall NaN, precision 0 where predicted
+    pred = np.where(rng.random(gt.shape) < 0.6, np.where(gt == 255, 0, gt), rng.integers(0, k, gt.shape))
+    pred[pred == 3] = 2                     # class 3 never predicted: precision NaN
+    m = metrics.segmentation_metrics(metrics.confusion_matrix(jnp.asarray(pred), jnp.asarray(gt), k))
+    direct = _direct_class_scores(pred, gt, k)
+    for name in ("precision", "recall", "f1"):
+        np.testing.assert_allclose(m[f"per_class_{name}"], direct[name], rtol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(m[f"mean_{name}"], np.nanmean(direct[name]), rtol=1e-12)
+    assert math.isnan(m["per_class_precision"][3]) and math.isnan(m["per_class_recall"][4])
+    assert m["per_class_precision"][4] == 0.0
+    iou = np.asarray(m["per_class_iou"])
+    f1 = np.asarray(m["per_class_f1"])
+    np.testing.assert_allclose(f1[:4], 2 * iou[:4] / (1 + iou[:4]), rtol=1e-12)  # Dice = 2 IU / (1 + IU)
+    assert m["mean_recall"] == m["mean_acc"]
+
+
+def test_image_confusions_are_each_images_confusion_matrix():
+    rng = np.random.default_rng(6)
+    k = 4
+    gt = rng.integers(0, k, (3, 6, 7))
+    gt[rng.random(gt.shape) < 0.2] = 255
+    pred = rng.integers(0, k, gt.shape)
+    per_image = np.asarray(metrics.image_confusions(jnp.asarray(pred), jnp.asarray(gt), k))
+    assert per_image.shape == (3, k, k)
+    for i in range(3):
+        np.testing.assert_array_equal(per_image[i], _numpy_confusion(pred[i], gt[i], k))
+    np.testing.assert_array_equal(per_image.sum(0), _numpy_confusion(pred, gt, k))
+
+
+def test_image_mean_iou_is_the_mean_over_the_classes_in_each_image_nan_for_an_unlabelled_one():
+    gt = np.array([[[0, 0, 1, 1]], [[0, 0, 0, 0]], [[255, 255, 255, 255]]])
+    pred = np.array([[[0, 1, 1, 1]], [[0, 0, 0, 2]], [[0, 1, 2, 0]]])
+    ious = np.asarray(metrics.image_mean_iou(metrics.image_confusions(jnp.asarray(pred), jnp.asarray(gt), 3)))
+    # image 0: IU(0) = 1/2, IU(1) = 2/3; image 1: IU(0) = 3/4, class 2 only predicted: IU 0; image 2: none labelled
+    np.testing.assert_allclose(ious[:2], [(1 / 2 + 2 / 3) / 2, (3 / 4 + 0) / 2], rtol=1e-6)
+    assert math.isnan(ious[2])
+    # The per-image mean differs from the dataset-level one (the paper's) on the same pixels:
+    dataset = metrics.segmentation_metrics(metrics.confusion_matrix(jnp.asarray(pred), jnp.asarray(gt), 3))
+    assert dataset["mean_iou"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)  # != the per-image mean of 0.6042

@@ -188,7 +188,12 @@ def test_cli_prints_split_sizes_and_pixels_per_class(tmp_path, capsys):
     assert folder_dataset.main(["--manual_dir", str(root), "--data_dir", str(tmp_path / "tfds")]) == 0
     out = capsys.readouterr().out.splitlines()
     table = [line.split() for line in out if line.split() and line.split()[0] in ("images", "bg", "leaf", "(ignored)")]
-    assert table == [["images", "2", "1"], ["bg", "1", "3"], ["leaf", "6", "1"], ["(ignored)", "1", "0"]]
+    # pixels, then the images holding each class, then the train split's weights:
+    # median frequency: freq(bg) = 1 / 3 (image a's labelled pixels), freq(leaf) = 6 / 7, each median / freq;
+    # inverse sqrt: 1 / sqrt(share) over sum(sqrt(share)), shares 1/7 and 6/7
+    assert table == [["images", "2", "1"], ["bg", "1", "3"], ["leaf", "6", "1"], ["(ignored)", "1", "0"],
+                     ["bg", "1", "1"], ["leaf", "2", "1"], ["bg", "1.786", "2.029"], ["leaf", "0.694", "0.828"]]
+    assert "class weights from train (config.loss.class_weights)" in out
     assert folder_dataset.main(["--manual_dir", str(tmp_path / "missing"), "--data_dir", str(tmp_path / "t2")]) == 1
     assert capsys.readouterr().err.startswith("error: ")
 
@@ -214,7 +219,7 @@ def test_0_255_masks_under_ignore_label_255_are_a_warning_naming_the_form_and_it
                 f"{root}/classes.json (then delete {version_dir} and build again)")
     assert [r.getMessage() for r in caplog.records if r.name.startswith("fcn_jax")] == [expected]
     table = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("object", "(ign"))]
-    assert table == [["object", "0", "0"], ["(ignored)", "6", "3"]]
+    assert table[:2] == [["object", "0", "0"], ["(ignored)", "6", "3"]]
     caplog.clear()
     folder_builder.load_split(str(data_dir), "val", str(root))  # said again whenever the data is read
     assert [r.getMessage() for r in caplog.records if r.name.startswith("fcn_jax")] == [expected]
@@ -227,7 +232,8 @@ def test_0_255_masks_under_ignore_label_255_are_a_warning_naming_the_form_and_it
     assert not [r for r in caplog.records if r.name.startswith("fcn_jax")]
     np.testing.assert_array_equal(folder_builder.load_split(str(tmp_path / "tfds_fixed"), "val", str(root))[0]["label"],
                                   [[0, 1], [1, 1]])
-    assert [c.tolist() for c in folder_builder.split_pixels(fixed)["train"]] == [[2, 6, 0]]
+    (train,) = folder_builder.split_counts(fixed)["train"]
+    assert (train.pixels.tolist(), train.images.tolist(), train.ignored) == ([2, 6], [2, 2], 0)
 
 
 def test_a_class_no_split_labels_is_named_without_the_binary_hint_where_it_does_not_apply(tmp_path, caplog):

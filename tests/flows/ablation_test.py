@@ -122,13 +122,16 @@ def test_results_table_and_plot_hold_every_variant(sweep):
         cells = [c.strip() for c in row.strip().strip("|").split("|")]
         name = cells[0]
         expected = final_eval(workdir, name)
-        assert cells[3:7] == [f"{100 * expected[k]:.2f}" for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")]
-        assert cells[7] == f"{params[name]:,}" and result["params"] == params[name]
+        assert cells[3:11] == [f"{100 * expected[k]:.2f}" for k in (
+            "pixel_acc", "mean_acc", "mean_iou", "fw_iou", "per_image_mean_iou", "mean_precision", "mean_recall",
+            "mean_f1")]
+        assert cells[11] == f"{params[name]:,}" and result["params"] == params[name]
         speeds = [r["images_per_s"] for r in artifacts.read_metrics(os.path.join(workdir, name))
                   if r["split"] == "train"]
-        assert float(cells[8]) == pytest.approx(np.median(speeds), abs=0.05)
+        assert float(cells[12]) == pytest.approx(np.median(speeds), abs=0.05)
     assert cells[1] == "train.checkpoint_every=1" and cells[2] == "2"
-    class_rows = lines[lines.index("## IU per class (%)\n") + 4:]
+    start = lines.index("## IU per class (%)\n")
+    class_rows = lines[start + 4:lines.index("## precision per class (%)\n")]  # then precision, recall, F1
     by_class = {row.split(" | ")[0][2:]: row for row in class_rows if row.startswith("| ")}
     assert list(by_class)[:3] == ["background", "triangle", "unused (bicycle)"]  # the synthetic data's names
     for column, name in enumerate(("fcn32s", "fcn8s"), start=1):

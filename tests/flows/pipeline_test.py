@@ -17,6 +17,7 @@ from fcn_jax.data import synthetic as data_synthetic
 from fcn_jax.data.dataset_info import PRESETS
 from fcn_jax.flows import classifier as flows_classifier
 from fcn_jax.flows import pipeline as flows_pipeline
+from fcn_jax.flows import study as flows_study
 from fcn_jax.models import classifier as models_classifier
 from fcn_jax.train import job, preemption, step
 from fcn_jax.weights import checkpoints
@@ -168,8 +169,19 @@ def test_report_holds_every_stage_and_a_rerun_trains_nothing(run, monkeypatch):
     def fail(*args):
         raise AssertionError("a finished stage ran again")
 
+    study = results["study"]
+    assert "## 5. Studying the samples (`study/`, its [report](study/report.md))" in report
+    assert (workdir / "study" / "report.md").is_file() and (workdir / "study" / "confusion.png").is_file()
+    assert [r["split"] for r in study["suspect_labels"]] == ["voc_val"] * 6  # folds 0: the held-out split only
+    qualities = [r["label_quality"] for r in study["suspect_labels"]]
+    assert qualities == sorted(qualities)
+    assert f"{study['suspect_labels'][0]['id']} ({qualities[0]:.3f})" in report
+    assert sorted(os.path.basename(r["path"]) for r in study["annotate_next"]) == sorted(
+        os.path.basename(e["image"]) for e in results["segment"]["outputs"])  # the new images, ranked
+
     monkeypatch.setattr(flows_classifier, "classifier_job", fail)
     monkeypatch.setattr(flows_pipeline, "segment_images", fail)
+    monkeypatch.setattr(flows_study, "run", fail)
     monkeypatch.setattr(job, "fcn_job", fail)  # built only when an FCN stage has training (or scoring) left
     monkeypatch.setattr(flows_pipeline.checkpoints, "save_params", fail)
     assert flows_pipeline.run_pipeline(config, str(workdir)) == results

@@ -102,13 +102,14 @@ def test_numpy_normalize_is_bit_identical_to_the_tf_pipeline(mode):
 def test_scores_sum_confusions_and_normalise_the_loss():
     scores = infer_steps.Scores((("", 3),))
     scores.add({"confusion": np.array([[2, 0, 0], [1, 1, 0], [0, 0, 0]]), "loss_sum": np.float32(3.0),
-                "num_valid": np.int32(4)})
+                "num_valid": np.int32(4), "image_iou": np.array([0.5, np.nan], np.float32)})  # (a padding image)
     scores.add({"confusion": np.array([[0, 0, 0], [0, 1, 0], [0, 0, 2]]), "loss_sum": np.float32(1.0),
-                "num_valid": np.int32(3)})
+                "num_valid": np.int32(3), "image_iou": np.array([1.0], np.float32)})
     np.testing.assert_array_equal(scores.confusion, [[2, 0, 0], [1, 2, 0], [0, 0, 2]])
     result = scores.result()
     assert result["loss"] == pytest.approx(4.0 / 7) and result["pixel_acc"] == pytest.approx(6 / 7)
     assert result["mean_iou"] == pytest.approx(np.mean([2 / 3, 2 / 3, 1.0]))
+    assert result["per_image_mean_iou"] == pytest.approx(0.75)  # the images with a labelled pixel
 
 
 def test_a_multi_head_eval_step_scores_each_head_against_its_own_labels():

@@ -400,3 +400,19 @@ def test_a_checkpoint_of_the_same_fcn_shows_no_model_difference(tmp_path, optimi
     config.model.width = 1 / 16
     assert "in the checkpoint" in checkpoints.tree_differences(stored, checkpoints._shapes(tiny_state(config)))
     manager.close()
+
+
+def test_counted_class_weights_count_the_train_split_and_name_the_classes(caplog):
+    from fcn_jax.data import class_balance, dataset_info
+
+    config = demo.get_config()
+    info = (("", dataset_info.from_json({"classes": ["background", "thing"]})),)
+    labels = [np.array([[0, 0, 0, 1]], np.uint8), np.array([[0, 0, 255, 0]], np.uint8)]
+    source = [{"label": y} for y in labels]
+    assert job.counted_class_weights(config, source, info) is None  # "none"
+    config.loss.class_weights = "inverse_sqrt"
+    with caplog.at_level("INFO"):
+        weights = job.counted_class_weights(config, source, info)
+    assert weights == class_balance.class_weights("inverse_sqrt", class_balance.count_labels(labels, (2,)))
+    assert weights[0][1] > weights[0][0]  # 6 background pixels, 1 thing: 1/sqrt(6/7), 1/sqrt(1/7), scaled
+    assert "class weights (inverse_sqrt, voc_train): background 0.828, thing 2.03" in caplog.text
