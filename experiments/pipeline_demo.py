@@ -6,7 +6,8 @@ weights fit the FCN backbone, and reads the same data (image-level labels from t
 
 Command:  python -m fcn_jax.pipeline --config experiments/pipeline_demo.py --workdir runs/pipeline
 Expected: classifier accuracy 71.7% on voc_val; FCN stages 32s -> 16s -> 8s at mean IU 28.5 / 71.5 / 95.2%; 8
-          held-out scenes segmented at 96.5% mean IU; about 13 min on 2 cores (docs/pipeline_demo/report.md).
+          held-out scenes segmented at 96.5% mean IU; about 13 min on 2 cores (docs/pipeline_demo/report.md, taken
+          before the study stage was added; the study of the final FCN-8s adds its data pass and scoring).
 """
 import ml_collections
 

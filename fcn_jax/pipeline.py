@@ -2,10 +2,11 @@
 
     python -m fcn_jax.pipeline --config experiments/pipeline_demo.py --workdir runs/pipeline [--config.key=value ...]
 
-Four stages, each in its own folder under --workdir and skipped once finished there, so an interrupted pipeline
+Five stages, each in its own folder under --workdir and skipped once finished there, so an interrupted pipeline
 resumes where it stopped: classifier/ (a VGG16 classifier trained on image-level labels), convolutionalized/ (its
 fc6/fc7 as convolutions in the first FCN's backbone), fcn/<variant>/ (the FCN stages of config.stages, e.g.
-32s -> 16s -> 8s) and segment/ (the last FCN on new images); then report.md. See fcn_jax.flows.pipeline.
+32s -> 16s -> 8s), segment/ (the last FCN on new images) and study/ (the last FCN studied on its data:
+fcn_jax.flows.study); then report.md. See fcn_jax.flows.pipeline.
 """
 from __future__ import annotations
 

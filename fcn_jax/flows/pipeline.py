@@ -1,6 +1,6 @@
 """From an image classifier to a segmenter (FCN paper, sections 3.1 and 4.1), end to end (python -m fcn_jax.pipeline).
 
-Four stages, each a function `(config, workdir) -> result` that works in its own folder under workdir
+Five stages, each a function `(config, workdir) -> result` that works in its own folder under workdir
 and is skipped once finished there, so an interrupted pipeline resumes where it stopped:
   classifier        classifier/: a VGG16Classifier (Dense fc6/fc7/fc8 on a 7x7 pool5, 224x224 input) trained
                     on image-level labels, the class of the largest object in each label mask;

@@ -29,15 +29,13 @@ import numpy as np
 from fcn_jax.core import metrics, sample_quality
 from fcn_jax.core.constants import IGNORE_LABEL, SCORES
 from fcn_jax.data import class_balance, image_io, sources, subsets
-from fcn_jax.flows import ablation, learning_curve
+from fcn_jax.flows import ablation, learning_curve, study_report
+from fcn_jax.flows.study_report import LOW_RECALL, RARE_IMAGES, RARE_SHARE
 from fcn_jax.infer import score_figures
 from fcn_jax.infer.network import load_network
 from fcn_jax.infer.runner import Runner
 from fcn_jax.weights import artifacts
 
-RARE_SHARE = 0.1  # a class in fewer than this share of the training images (or fewer than RARE_IMAGES) lacks samples
-RARE_IMAGES = 10
-LOW_RECALL = 0.5  # ... or whose recall on the eval split is below this
 RUN_MODEL = "the run's model"
 
 
@@ -182,8 +180,10 @@ def train_variants(config: ml_collections.ConfigDict, overrides: list[tuple[str,
     return out
 
 
-def out_of_fold(config, train_source, folds: int, output: str, info, num_classes: int, progress: bool) -> list:
-    """Every training image scored by the fold model that did not train on it."""
+def out_of_fold(config, runner: Runner, train_source, folds: int, output: str, num_classes: int,
+                progress: bool) -> list:
+    """Every training image scored by the fold model that did not train on it (the run's model, so `runner`, the
+    run's, compiles for them all)."""
     subsets.check(folds=folds, fold=0, num_examples=len(train_source))
     overrides = [(f"fold_{i}", {"data.folds": folds, "data.fold": i}) for i in range(folds)]
     trained = train_variants(config, overrides, os.path.join(output, "folds"))
@@ -191,8 +191,8 @@ def out_of_fold(config, train_source, folds: int, output: str, info, num_classes
     for i, (name, (variant, _)) in enumerate(trained.items()):
         network = load_network(os.path.join(output, "folds", name))
         held_out = subsets.fold_indices(len(train_source), folds, i, variant.data.subset_seed)
-        found, _ = score_images(Runner.of(network), network.params, train_source, held_out, num_classes,
-                                f"scoring fold {i}", progress)
+        found, _ = score_images(runner, network.params, train_source, held_out, num_classes, f"scoring fold {i}",
+                                progress)
         records += [{**r, "split": config.data.train_split, "by": name} for r in found]
     return records
 
@@ -282,16 +282,14 @@ def run(run_dir: str, output: str, options: Options = Options()) -> dict:
     study["worst_images"] = [_public(r) for r in worst[:options.worst]]
 
     if options.folds:
-        suspects += out_of_fold(config, train_source, options.folds, output, info, k, options.progress)
+        suspects += out_of_fold(config, runner, train_source, options.folds, output, k, options.progress)
     suspects = sorted((r for r in suspects if not math.isnan(r["label_quality"])), key=lambda r: r["label_quality"])
     for n, record in enumerate(suspects[:options.worst]):
         record["figure"] = f"suspect_{n}.png"
         source = eval_source if record["split"] == config.data.eval_split else train_source
-        by = network if record["by"] == RUN_MODEL else load_network(os.path.join(output, "folds",
-                                                                                          record["by"]))
-        _draw(os.path.join(output, record["figure"]), runner if by is network else Runner.of(by), by.params, source,
-              record, info, k, f"{record['split']} {record['id']}: label quality {record['label_quality']:.3f}",
-              marked=True)
+        by = network if record["by"] == RUN_MODEL else load_network(os.path.join(output, "folds", record["by"]))
+        _draw(os.path.join(output, record["figure"]), runner, by.params, source, record, info, k,
+              f"{record['split']} {record['id']}: label quality {record['label_quality']:.3f}", marked=True)
     study["suspect_labels"] = [_public(r) for r in suspects]
 
     if options.unlabelled:
@@ -303,7 +301,7 @@ def run(run_dir: str, output: str, options: Options = Options()) -> dict:
     with open(os.path.join(output, "study.json"), "w") as f:
         f.write(json.dumps(artifacts.json_clean(study), indent=2) + "\n")
     with open(os.path.join(output, "report.md"), "w") as f:
-        f.write(report(study, config, options))
+        f.write(study_report.report(study, config, options))
     return study
 
 
@@ -323,81 +321,3 @@ def _size_summary(sizes) -> dict:
     order = np.argsort(areas)
     return {"smallest": list(sizes[order[0]]), "median": list(sizes[order[len(order) // 2]]),
             "largest": list(sizes[order[-1]]), "distinct": len(set(map(tuple, sizes)))}
-
-
-# ----------------------------------------------------------------------------- the report
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
-
-
-def report(study: dict, config, options: Options) -> str:
-    classes = study["classes"]
-    train, evaluation = config.data.train_split, config.data.eval_split
-    splits = study["splits"]
-    lines = [f"# Study of {study['run']}", "",
-             f"{config.model.variant} trained on {config.data.source} `{train}`, scored on `{evaluation}`.", "",
-             "## The data", "",
-             "| class | " + " | ".join(f"{s} pixels | {s} images" for s in splits) + " | object size (px): median "
-             "[p10, p90] |", "|---" * (2 + 2 * len(splits)) + "|"]
-    for c, name in enumerate(classes):
-        sizes = splits[train]["object_sizes"][name]
-        size = (f"{sizes['median']:.0f} [{sizes['p10']:.0f}, {sizes['p90']:.0f}] ({sizes['regions']} regions)"
-                if sizes["regions"] else "none")
-        lines.append(f"| {name} | " + " | ".join(f"{s['pixels'][c]} | {s['images'][c]}" for s in splits.values())
-                     + f" | {size} |")
-    lines += [""] + [f"`{s}`: {v['num_images']} images, {v['ignored']} unlabelled pixels; image sizes (H, W) from "
-                     f"{tuple(v['image_sizes']['smallest'])} to {tuple(v['image_sizes']['largest'])}, median "
-                     f"{tuple(v['image_sizes']['median'])}." for s, v in splits.items()]
-    lacking = study["lacking_samples"]
-    lines += ["", "**Classes that lack samples** (in fewer than "
-              f"max({RARE_IMAGES}, {RARE_SHARE:.0%} of) the training images, or recall below {LOW_RECALL:.0%}): "
-              + (", ".join(lacking) if lacking else "none") + "."]
-    model = study["model"]
-    lines += ["", f"## The model on `{evaluation}`", "",
-              " | ".join(f"{label} {_pct(model[key])}" for key, label in SCORES)
-              + f" | mean IU per image {_pct(model['per_image_mean_iou'])}", "",
-              "The paper's mean IU comes from one confusion matrix over the split; the per-image mean averages each "
-              "image's own mean IU, so small images and small objects weigh more in it.", "",
-              "| class | IU | precision | recall | F1 |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | " + " | ".join(_pct(model[f"per_class_{key}"][name])
-                                          for key in ("iou", "precision", "recall", "f1")) + " |" for name in classes]
-    lines += ["", "![confusion](confusion.png)", "", "Lowest mean IU per image:", ""]
-    lines += [f"![{r['id']}]({r['figure']})" for r in study["worst_images"]]
-    suspects = study["suspect_labels"]
-    source = (f"the training images by {options.folds} models each trained without its fold, and `{evaluation}` "
-              "by the run's model" if options.folds else
-              f"`{evaluation}` by the run's model (the training images need --folds: a model that trained on a "
-              "label has learned it)")
-    lines += ["", "## Suspect labels", "", f"Ranked by label quality (softmin of the probability the model gives each "
-              f"pixel's label; lowest first), from predictions on images the model did not train on: {source}.", "",
-              "| rank | split | image | label quality | suspect pixels | by |", "|---|---|---|---|---|---|"]
-    lines += [f"| {n + 1} | {r['split']} | {r['id']} | {r['label_quality']:.3f} | {_pct(r['suspect_share'])}% | "
-              f"{r['by']} |" for n, r in enumerate(suspects[:max(options.worst, 20)])]
-    lines += [""] + [f"![{r['id']}]({r['figure']})" for r in suspects if "figure" in r]
-    if "annotate_next" in study:
-        lines += ["", "## Annotate next", "", f"{options.unlabelled} ranked by the model's mean pixel "
-                  f"{options.uncertainty} uncertainty (1 = no idea, 0 = sure):", "", "| rank | image | uncertainty |",
-                  "|---|---|---|"]
-        lines += [f"| {n + 1} | {r['path']} | {r['uncertainty']:.3f} |"
-                  for n, r in enumerate(study["annotate_next"][:max(options.worst, 20)])]
-    if "learning_curve" in study:
-        curve = study["learning_curve"]
-        lines += ["", "## How many images", "", "| training images | mean IU |", "|---|---|"]
-        lines += [f"| {n} | {_pct(m)} |" for n, m in zip(curve["images"], curve["mean_iou"])]
-        if "fit" in curve:
-            lines += ["", f"Power law: 1 - mean IU = {curve['fit']['a']:.3g} x images^({-curve['fit']['b']:.3g})."]
-            if "target" in curve:
-                t = curve["target"]
-                interval = ("no interval from two points" if math.isnan(t["low"]) else
-                            f"68% interval {t['low']:.0f} to {t['high']:.0f}")
-                lines.append(f"Mean IU {_pct(t['mean_iou'])} needs about {t['images']:.0f} training images "
-                             f"({interval}; an extrapolation beyond {max(curve['images'])} images holds only as far "
-                             "as the power law does)." if math.isfinite(t["images"]) else
-                             f"The fitted curve does not rise towards mean IU {_pct(t['mean_iou'])}: more images of "
-                             "this recipe are not predicted to reach it.")
-        else:
-            lines += ["", f"No power law fits: {curve['fit_error']}."]
-        lines += ["", "![learning curve](learning_curve.png)"]
-    return "\n".join(lines) + "\n"

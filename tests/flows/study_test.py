@@ -19,7 +19,7 @@ from fcn_jax.train import job
 
 
 def tiny_run(root):
-    manual_dir = data_synthetic.write_synthetic_folder(str(root / "shapes"), num_train=12, num_val=4)
+    manual_dir = data_synthetic.write_synthetic_folder(str(root / "shapes"), num_train=8, num_val=3)
     config = folder_experiment.get_config()
     config.model.width = 1 / 32
     config.data.crop_size = (32, 32)
@@ -90,12 +90,12 @@ def test_every_training_image_is_ranked_once_by_the_fold_model_that_held_it_out(
 def test_learning_curve_annotate_next_and_report(studied):
     _, root, result = studied
     curve = result["learning_curve"]
-    assert curve["images"] == [6, 12]
+    assert curve["images"] == [4, 8]
     assert not (root / "out" / "fractions" / "fraction_1").exists()  # all of the split: the run itself
     with open(root / "run" / "result.json") as f:
         assert curve["mean_iou"][-1] == pytest.approx(json.load(f)["result"]["mean_iou"])
     ranked = [r["uncertainty"] for r in result["annotate_next"]]
-    assert len(ranked) == 4 and ranked == sorted(ranked, reverse=True)
+    assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True)
     report = (root / "out" / "report.md").read_text()
     for heading in ("## The data", "## The model on `val`", "## Suspect labels", "## Annotate next",
                     "## How many images"):
