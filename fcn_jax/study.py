@@ -32,11 +32,14 @@ def parse_args(argv):
                         help="nested fractions of the training split for the learning curve, e.g. 0.125,0.25,0.5,1")
     parser.add_argument("--target", type=float, help="a mean IU (0..1) whose image count the learning curve predicts")
     parser.add_argument("--worst", type=int, default=6, help="images drawn per section")
+    parser.add_argument("--pad_multiple", type=int, default=32,
+                        help="pad images to multiples of this: one compilation a padded shape (1: every image at "
+                             "its own size, as evaluate's default; slower where sizes vary)")
     args = parser.parse_args(argv)
     if args.folds == 1 or args.folds < 0:
         parser.error(f"--folds {args.folds}: 0 (none) or at least 2")
-    if args.worst < 0:
-        parser.error(f"--worst {args.worst} must not be negative")
+    if args.worst < 0 or args.pad_multiple < 1:
+        parser.error(f"--worst {args.worst} must be >= 0 and --pad_multiple {args.pad_multiple} >= 1")
     return args
 
 
@@ -54,7 +57,8 @@ def main(argv=None) -> int:
         if args.target is not None and not fractions:
             raise ValueError("--target needs --fractions (the learning curve it is read from)")
         options = study.Options(folds=args.folds, fractions=fractions, target=args.target,
-                                unlabelled=args.unlabelled, uncertainty=args.uncertainty, worst=args.worst)
+                                unlabelled=args.unlabelled, uncertainty=args.uncertainty, worst=args.worst,
+                                pad_multiple=args.pad_multiple)
         result = study.run(args.run, output, options)
     except (preemption.Stopped, KeyboardInterrupt) as stopped:
         print(f"study: {preemption.stopped_message(stopped)}", file=sys.stderr)

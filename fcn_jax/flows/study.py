@@ -31,7 +31,7 @@ from fcn_jax.core.constants import IGNORE_LABEL, SCORES
 from fcn_jax.data import class_balance, image_io, sources, subsets
 from fcn_jax.flows import ablation, learning_curve, study_report
 from fcn_jax.flows.study_report import LOW_RECALL, RARE_IMAGES, RARE_SHARE
-from fcn_jax.infer import score_figures
+from fcn_jax.infer import batching, score_figures
 from fcn_jax.infer.network import load_network
 from fcn_jax.infer.runner import Runner
 from fcn_jax.weights import artifacts
@@ -47,6 +47,7 @@ class Options:
     unlabelled: str = ""             # a folder of images to rank for annotation
     uncertainty: str = "entropy"     # entropy | margin
     worst: int = 6                   # images drawn for the lowest mean IU, the suspect labels, annotate next
+    pad_multiple: int = 32           # images padded to multiples of this (one compilation a padded shape); 1: own size
     progress: bool = True
 
 
@@ -132,8 +133,7 @@ def score_images(runner: Runner, params, source, indices, num_classes: int, desc
         for index, logits in runner.logits(params, ((int(i), source[int(i)]["image"]) for i in indices)):
             label = _first_head(source[index]["label"])
             probs = sample_quality.softmax(logits[..., :num_classes])
-            image_confusion = np.asarray(metrics.image_confusions(np.argmax(probs, -1)[None], label[None],
-                                                                  num_classes))[0]
+            image_confusion = _confusion(np.argmax(probs, -1), label, num_classes, runner.pad_multiple)
             confusion += image_confusion
             labelled = label != IGNORE_LABEL
             suspect = sample_quality.suspect_pixels(probs, label)
@@ -143,6 +143,15 @@ def score_images(runner: Runner, params, source, indices, num_classes: int, desc
                             "suspect_share": float(suspect.sum() / max(labelled.sum(), 1))})
             bar.update()
     return records, confusion
+
+
+def _confusion(prediction, label, num_classes: int, pad_multiple: int) -> np.ndarray:
+    """(K, K) confusion of one image, counted at its padded size (label 255 there): a padded shape, not every image
+    size, compiles the counting."""
+    shape = batching.padded_shape(*label.shape, pad_multiple)
+    padded = [batching.pad_stack([x], shape, 1, fill, np.int32) for x, fill in ((prediction, 0),
+                                                                                (label, IGNORE_LABEL))]
+    return np.asarray(metrics.image_confusions(*padded, num_classes))[0]
 
 
 def _first_head(label) -> np.ndarray:
@@ -247,6 +256,8 @@ def run(run_dir: str, output: str, options: Options = Options()) -> dict:
                          f"{', '.join(sample_quality.UNCERTAINTIES)}")
     if options.target is not None and not 0 < options.target < 1:
         raise StudyError(f"--target {options.target}: a mean IU in (0, 1)")
+    if options.unlabelled:
+        image_io.find_images([options.unlabelled])  # a wrong folder fails now, not after the scoring
     config = run_config(run_dir)
     network = load_network(run_dir)
     heads, train_source, eval_source = load_data(config)
@@ -261,7 +272,7 @@ def run(run_dir: str, output: str, options: Options = Options()) -> dict:
         study["splits"][split] = {**stats["counts"].to_json(), "image_sizes": _size_summary(stats["image_sizes"]),
                                   "object_sizes": {info.classes[c]: _quantiles(v) for c, v in stats["objects"].items()}}
 
-    runner = Runner.of(network)
+    runner = Runner.of(network, pad_multiple=options.pad_multiple)
     records, confusion = score_images(runner, network.params, eval_source, range(len(eval_source)), k,
                                       f"scoring {config.data.eval_split}", options.progress)
     scores = metrics.segmentation_metrics(confusion)

@@ -91,10 +91,19 @@ class Runner:
         return modes.image_logits(run, normalize(image, self.normalization), self.mode)
 
     def logits(self, params: Any, images: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray]]:
-        """(key, uint8 RGB image) pairs -> (key, (H, W, classes of all heads) float32 logits), one image at a time
-        at its own size, in order (what a study of the samples reads probabilities from)."""
+        """(key, uint8 RGB image) pairs -> (key, (H, W, classes of all heads) float32 logits), one image at a time,
+        in order (what a study of the samples reads probabilities from). Plain mode: the image padded bottom/right
+        to the runner's pad_multiple (one compilation a padded shape, as masks() and scores() pad) and its logits
+        cropped back."""
+        if not self.mode.plain or self.pad_multiple == 1:
+            for key, image in batching.prefetch(images):
+                yield key, self._logits(params, image)
+            return
         for key, image in batching.prefetch(images):
-            yield key, self._logits(params, image)
+            height, width = image.shape[:2]
+            padded = batching.pad_stack([normalize(image, self.normalization)],
+                                        batching.padded_shape(height, width, self.pad_multiple), 1, 0.0, np.float32)
+            yield key, self._logit_steps(params, [padded[0]])[0][:height, :width]
 
     def masks(self, params: Any, images: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray, Any]]:
         """(key, uint8 RGB image) pairs -> (key, image, (H, W) uint8 mask; (H, W, heads) for several heads).

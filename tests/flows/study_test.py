@@ -56,7 +56,7 @@ def test_model_scores_are_evaluates(studied):
     config, root, result = studied
     network = load_network(str(root / "run"))
     _, evaluation_source = sources.get(config.data.source).load(config.data)
-    scored = evaluation.evaluate(network, evaluation_source)
+    scored = evaluation.evaluate(network, evaluation_source, pad_multiple=32)  # padded as the study pads
     assert result["model"]["confusion"] == scored["confusion"]
     assert result["model"]["mean_iou"] == pytest.approx(scored["mean_iou"], nan_ok=True)
     names = result["classes"]
@@ -80,7 +80,7 @@ def test_every_training_image_is_ranked_once_by_the_fold_model_that_held_it_out(
     # one image's label quality recomputed from its fold model's logits
     first = int(subsets.fold_indices(len(train), 2, 1, seed=0)[0])
     network = load_network(str(root / "out" / "folds" / "fold_1"))
-    (_, logits), = Runner.of(network).logits(network.params, [(0, train[first]["image"])])
+    (_, logits), = Runner.of(network, pad_multiple=32).logits(network.params, [(0, train[first]["image"])])
     expected = sample_quality.image_label_quality(sample_quality.softmax(logits), train[first]["label"])
     assert by_id[train[first]["id"]]["label_quality"] == pytest.approx(expected, rel=1e-5)
     with open(root / "out" / "folds" / "fold_1" / "config.json") as f:
