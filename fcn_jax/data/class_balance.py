@@ -66,6 +66,14 @@ def count_labels(labels: Iterable[np.ndarray], head_classes: tuple[int, ...]) ->
     return counts
 
 
+def count_source(source, head_classes: tuple[int, ...], desc: str, progress: bool = False) -> list[LabelCounts]:
+    """count_labels over every example's label of a source (data.examples), with a progress bar."""
+    from tqdm import tqdm
+
+    indices = tqdm(range(len(source)), desc=desc, unit="image", disable=not progress, leave=False)
+    return count_labels((source[i]["label"] for i in indices), head_classes)
+
+
 def median_frequency(counts: LabelCounts) -> np.ndarray:
     """(K,) median frequency balancing weights; 1 for a class without pixels."""
     present = counts.pixels > 0

@@ -19,7 +19,6 @@ import pathlib
 
 import numpy as np
 import tensorflow_datasets as tfds
-from tqdm import tqdm
 
 from fcn_jax.data import (
     class_balance,
@@ -186,13 +185,9 @@ def split_counts(prepared: FolderDataset, progress: bool = False) -> dict[str, l
     if set(stored) == set(prepared.info.splits):
         return {split: [class_balance.LabelCounts.from_json(c) for c in stored[split]] for split in stored}
     head_classes = tuple(info.num_classes for _, info in prepared_heads(prepared))
-    counted = {}
-    for split in prepared.info.splits:
-        source = SplitSource(prepared.as_data_source(split))
-        labels = (source[i]["label"] for i in tqdm(range(len(source)), desc=f"counting {split} pixels", unit="image",
-                                                   disable=not progress, leave=False))
-        counted[split] = class_balance.count_labels(labels, head_classes)
-    return counted
+    return {split: class_balance.count_source(SplitSource(prepared.as_data_source(split)), head_classes,
+                                              f"counting {split} pixels", progress)
+            for split in prepared.info.splits}
 
 
 def summary(prepared: FolderDataset, progress: bool = False) -> str:

@@ -56,12 +56,9 @@ def counted_class_weights(config: ml_collections.ConfigDict, train_source,
     method = config.loss.class_weights.strip()
     if method not in class_balance.METHODS or method == "none":
         return None
-    from tqdm import tqdm
-
-    labels = (train_source[i]["label"] for i in tqdm(range(len(train_source)), desc="counting class pixels",
-                                                      unit="image", disable=jax.process_index() != 0, leave=False))
-    weights = class_balance.class_weights(method, class_balance.count_labels(labels, tuple(i.num_classes
-                                                                                           for _, i in info)))
+    counts = class_balance.count_source(train_source, tuple(i.num_classes for _, i in info), "counting class pixels",
+                                        progress=jax.process_index() == 0)
+    weights = class_balance.class_weights(method, counts)
     for (name, head_info), head_weights in zip(info, weights):
         logging.info("class weights (%s, %s%s): %s", method, config.data.train_split, f", head {name}" * bool(name),
                      ", ".join(f"{c} {w:.3g}" for c, w in zip(head_info.classes, head_weights)))
