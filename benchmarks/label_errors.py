@@ -17,6 +17,7 @@ import platform
 import shutil
 import time
 
+import jax
 import numpy as np
 from PIL import Image
 from scipy import ndimage
@@ -94,7 +95,9 @@ def main():
                                        if what.endswith("left unlabelled") == (kind == "left unlabelled"))
                           for kind in ("left unlabelled", "given another class")},
         "val_mean_iou": result["model"]["mean_iou"], "seconds": round(time.time() - start),
-        "machine": platform.processor() or platform.machine(), "load_average_at_end": os.getloadavg(),
+        "machine": platform.processor() or platform.machine(),
+        "versions": {"python": platform.python_version(), "jax": jax.__version__},
+        "load_average_at_end": os.getloadavg(),
     }
     os.makedirs(os.path.dirname(RESULT), exist_ok=True)
     with open(RESULT, "w") as f:

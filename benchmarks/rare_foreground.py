@@ -13,6 +13,7 @@ import os
 import platform
 import time
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -69,7 +70,9 @@ def main():
     out = {"command": f"python -m benchmarks.rare_foreground --out {args.out} --train {args.train} --val {args.val} "
                       f"--seed {args.seed}",
            "seconds": round(time.time() - start),
-           "machine": platform.processor() or platform.machine(), "load_average_at_end": os.getloadavg(),
+           "machine": platform.processor() or platform.machine(),
+           "versions": {"python": platform.python_version(), "jax": jax.__version__},
+           "load_average_at_end": os.getloadavg(),
            "variants": {name: {"spot_iou": r["per_class_iou"]["spot"], "mean_iou": r["mean_iou"],
                                "background_iou": r["per_class_iou"]["background"],
                                "spot_precision": r["per_class_precision"]["spot"],
