@@ -7,6 +7,19 @@ Every knob a user may ablate is a field here; experiments override a few. Overri
 import ml_collections
 
 
+def crf_config() -> ml_collections.ConfigDict:
+    """The dense CRF's parameters (models.crf.CRFSettings, pydensecrf's names and usual values), off."""
+    crf = ml_collections.ConfigDict()
+    crf.enabled = False
+    crf.iterations = 5
+    crf.gaussian_sxy = 3.0      # smoothness kernel: position width (pixels) and weight
+    crf.gaussian_weight = 3.0
+    crf.bilateral_sxy = 80.0    # appearance kernel: position width (pixels), colour width (0..255) and weight
+    crf.bilateral_srgb = 13.0
+    crf.bilateral_weight = 10.0
+    return crf
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -20,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"          # compute dtype: float32 | bfloat16 (params stay float32)
     config.model.learnable_upsample = False  # reference: bilinear deconvolutions frozen (lr 0)
     config.model.heads = ()                 # () = one head; ((name, classes), ...): several (SIFT Flow, from data)
+    config.model.crf = crf_config()          # enabled: CRF-as-RNN after the FCN, trained end to end (docs/crf.md)
     config.model.resnet = ml_collections.ConfigDict()  # variants fcn_resnet50 / fcn_resnet101 only (fcn_jax/resnet.py)
     config.model.resnet.output_stride = 8   # 8 | 16 | 32: layer3 / layer4 dilated instead of strided
     config.model.resnet.aux = True          # aux_classifier on layer3 (its loss: config.aux_loss_weight)
@@ -92,6 +106,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.stride = ()                 #   (h, w) sliding windows every stride (() = the window)
     config.eval.flip = False                # test-time augmentation: average in the flipped image
     config.eval.scales = (1.0,)             #   and the image resized by these factors
+    config.eval.crf = crf_config()          # enabled: the dense CRF after the other modes (docs/crf.md)
 
     config.init_from = ""                   # converted weights or a previous stage's workdir ("" = from scratch)
     return config

@@ -88,7 +88,7 @@ def test_the_layout_checker_sees_the_imports_it_checks():
     assert "fcn_jax.data.input_pipeline" in GRAPH["fcn_jax.train.validation"]  # imported inside validate()
     assert "fcn_jax.infer.runner" in GRAPH["fcn_jax.predict"]
     assert CLIS == {f"fcn_jax.{name}" for name in ("main", "predict", "evaluate", "export", "convert", "ablate",
-                                                  "pipeline", "study", "synthetic", "folder_dataset",
+                                                  "pipeline", "study", "crf_search", "synthetic", "folder_dataset",
                                                   "voc_dataset")} | {
         "fcn_jax.infer.exported_segment"}  # the standalone script copied into export folders
 

@@ -6,8 +6,8 @@ import argparse
 from typing import Callable
 
 from fcn_jax.core.normalization import NORMALIZATIONS
-from fcn_jax.infer import batching, modes, runner
-from fcn_jax.models import vgg, zoo
+from fcn_jax.infer import batching, dense_crf, modes, runner
+from fcn_jax.models import crf, vgg, zoo
 from fcn_jax.weights import artifacts
 
 
@@ -35,6 +35,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     modes_group.add_argument("--flip", action="store_true", help="average in the horizontally flipped image")
     modes_group.add_argument("--scales", type=float, nargs="+", default=[1.0],
                              help="average over the image resized by these factors, e.g. 0.75 1 1.25")
+    modes_group.add_argument("--crf", nargs="?", const="", metavar="NAME=VALUE,...",
+                             help="refine with the dense CRF (docs/crf.md): the settings stored with the weights "
+                                  "(crf.json, from python -m fcn_jax.crf_search) or the defaults, with these on top, "
+                                  "e.g. --crf iterations=10,bilateral_srgb=3")
     parser.add_argument("--pad_multiple", type=int, default=1,
                         help="1: each image at its own size (exact); 32: pad to multiples of 32, fewer compilations")
     parser.add_argument("--buckets", type=int, default=0,
@@ -44,8 +48,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def mode(args: argparse.Namespace) -> modes.Mode:
     """The inference mode of the flags; a bad combination is a ValueError (printed as one line) before any work."""
+    settings = None
+    if args.crf is not None:
+        settings = crf.CRFSettings.parse(args.crf, dense_crf.stored_settings(args.weights))
     chosen = modes.Mode(tuple(args.window) if args.window else None, tuple(args.stride) if args.stride else None,
-                        args.flip, tuple(args.scales))
+                        args.flip, tuple(args.scales), settings)
     runner.check_options(chosen, args.buckets, args.batch_size, args.pad_multiple)
     return chosen
 

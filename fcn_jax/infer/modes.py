@@ -9,6 +9,7 @@ Every mode gives the float32 logits of one image at its own size, (H, W, classes
   flip           the horizontally flipped image too; its logits flipped back and averaged in.
   scales         the image resized (bilinear) by each factor, run (whole or in windows), its logits resized
                  back to the image size (bilinear) and averaged. scales (1.0,) without flip is the plain pass.
+  crf            the dense CRF (models.crf, infer.dense_crf) over the image's pixels, after the others.
 infer.runner runs predict, evaluate and validation in a Mode; the plain one keeps the batched fast path.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from fcn_jax.core import parallel
 from fcn_jax.infer import batching, steps
+from fcn_jax.models.crf import CRFSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Mode:
     stride: tuple[int, int] | None = None  # between window starts; None = the window (no overlap)
     flip: bool = False
     scales: tuple[float, ...] = (1.0,)
+    crf: CRFSettings | None = None  # the dense CRF's parameters; None = no CRF
 
     def __post_init__(self):
         if self.window is not None and (len(self.window) != 2 or min(self.window) < 1):
@@ -45,13 +48,16 @@ class Mode:
 
     @property
     def plain(self) -> bool:
-        return self.window is None and not self.flip and tuple(self.scales) == (1.0,)
+        return self.window is None and not self.flip and tuple(self.scales) == (1.0,) and self.crf is None
 
     @classmethod
-    def from_settings(cls, window=(), stride=(), flip=False, scales=(1.0,)) -> Mode:
-        """From config / flag values, where () means unset."""
+    def from_settings(cls, window=(), stride=(), flip=False, scales=(1.0,), crf=None) -> Mode:
+        """From config / flag values, where () means unset; crf: a config.eval.crf section (used when its
+        `enabled`), or CRFSettings."""
+        if crf is not None and not isinstance(crf, CRFSettings):
+            crf = CRFSettings.from_mapping(crf) if crf.get("enabled") else None
         return cls(tuple(int(v) for v in window) or None, tuple(int(v) for v in stride) or None, bool(flip),
-                   tuple(float(s) for s in scales) or (1.0,))
+                   tuple(float(s) for s in scales) or (1.0,), crf)
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from fcn_jax.core.constants import IGNORE_LABEL
 from fcn_jax.core.normalization import check_normalization, normalize
-from fcn_jax.infer import batching, modes, steps
+from fcn_jax.infer import batching, dense_crf, modes, steps
 
 
 def check_options(mode: modes.Mode, buckets: int, batch_size: int, pad_multiple: int) -> None:
@@ -29,8 +29,8 @@ def check_options(mode: modes.Mode, buckets: int, batch_size: int, pad_multiple:
     if buckets < 0:
         raise ValueError(f"--buckets must be >= 0 (0: one shape per size), got {buckets}")
     if buckets and not mode.plain:
-        raise ValueError("--buckets bounds the shapes of whole-image inference; with --window / --flip / --scales "
-                         "images run one at a time (windows compile once)")
+        raise ValueError("--buckets bounds the shapes of whole-image inference; with --window / --flip / --scales / "
+                         "--crf images run one at a time (windows compile once)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batching.padded_shape(1, 1, pad_multiple)  # pad_multiple >= 1
@@ -88,7 +88,10 @@ class Runner:
     def _logits(self, params: Any, image: np.ndarray) -> np.ndarray:
         """(H, W, classes of all heads) float32 logits of one uint8 image in this mode."""
         run = functools.partial(self._logit_steps, params)
-        return modes.image_logits(run, normalize(image, self.normalization), self.mode)
+        logits = modes.image_logits(run, normalize(image, self.normalization), self.mode)
+        if self.mode.crf is not None:
+            logits = dense_crf.refine(logits, image, self.mode.crf, self.heads)
+        return logits
 
     def logits(self, params: Any, images: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray]]:
         """(key, uint8 RGB image) pairs -> (key, (H, W, classes of all heads) float32 logits), one image at a time,

@@ -13,23 +13,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcn_jax.models import crf as crf_layer
 from fcn_jax.models import fcn
 from fcn_jax.models import resnet as resnet_fcn
 
 VARIANTS = fcn.VARIANTS + tuple(resnet_fcn.DEPTHS)  # the backbone is part of the variant: VGG16 or a dilated ResNet
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The settings that define a network (config.model's names); stored with weights, read back by inference.
-MODEL_SETTINGS = ("variant", "num_classes", "geometry", "width", "dropout_rate", "dtype", "heads", "resnet")
+MODEL_SETTINGS = ("variant", "num_classes", "geometry", "width", "dropout_rate", "dtype", "heads", "resnet", "crf")
 
 
 def create_model(variant: str, *, num_classes: int = 21, geometry: str = "caffe", width: float = 1.0,
                  dropout_rate: float | None = None, dtype: str = "float32", heads=(), resnet: Mapping | None = None,
-                 **fields) -> nn.Module:
+                 crf: Mapping | None = None, normalization: str = "caffe_bgr", **fields) -> nn.Module:
     """The FCN of a variant; a bad value raises a ValueError naming it.
 
     dropout_rate None: the variant's own (0.5 VGG16, 0.1 ResNet). resnet: the ResNet variants' options (output_stride,
     aux, batch_norm, layers: () = the depth's, width_per_group, expansion), which take no VGG geometry or width.
+    crf: config.model.crf; when `enabled`, the FCN is followed by a trainable dense CRF (models.crf.WithCRF) that
+    reads colours from the input undoing `normalization`.
     fields: other module fields (the VGG16 FCNs' tap_kernel_grads, fc6_im2col)."""
+    model = _create_fcn(variant, num_classes=num_classes, geometry=geometry, width=width, dropout_rate=dropout_rate,
+                        dtype=dtype, heads=heads, resnet=resnet, **fields)
+    if crf and crf.get("enabled"):
+        return crf_layer.WithCRF(base=model, settings=crf_layer.CRFSettings.from_mapping(crf),
+                                 normalization=normalization, num_classes=model.num_classes, heads=model.heads)
+    return model
+
+
+def _create_fcn(variant, *, num_classes, geometry, width, dropout_rate, dtype, heads, resnet, **fields):
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
     kwargs = dict(num_classes=num_classes, dtype=DTYPES[dtype], heads=head_specs(0, heads) if heads else (), **fields)
@@ -50,10 +62,11 @@ def create_model(variant: str, *, num_classes: int = 21, geometry: str = "caffe"
     return fcn.MODELS[variant](geometry=geometry, width=width, **kwargs)
 
 
-def from_settings(settings: Mapping) -> nn.Module:
-    """create_model from a dict of MODEL_SETTINGS (config.model, or the settings stored with weights); other keys
-    are ignored."""
-    return create_model(**{k: settings[k] for k in MODEL_SETTINGS if k in settings})
+def from_settings(settings: Mapping, normalization: str | None = None) -> nn.Module:
+    """create_model from a dict of MODEL_SETTINGS (config.model, or the settings stored with weights, which hold the
+    normalization too); other keys are ignored."""
+    normalization = normalization or settings.get("normalization", "caffe_bgr")
+    return create_model(**{k: settings[k] for k in MODEL_SETTINGS if k in settings}, normalization=normalization)
 
 
 def param_template(model: nn.Module, rng: jax.Array | None = None, image_size: int = 32) -> Any:

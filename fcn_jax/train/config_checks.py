@@ -102,11 +102,12 @@ def validate_config(config) -> None:
     if not 0 <= config.optim.momentum < 1:
         raise ConfigError(f"config.optim.momentum={config.optim.momentum} must be in [0, 1)")
     try:
-        mode = modes.Mode.from_settings(config.eval.window, config.eval.stride, config.eval.flip, config.eval.scales)
+        mode = modes.Mode.from_settings(config.eval.window, config.eval.stride, config.eval.flip, config.eval.scales,
+                                        config.eval.crf)
     except ValueError as error:
         raise ConfigError(f"config.eval: {error}") from None
     if not mode.plain and jax.process_count() > 1:
-        raise ConfigError("config.eval window / flip / scales run on a single process; validate with them after "
+        raise ConfigError("config.eval window / flip / scales / crf run on a single process; validate with them after "
                           "training (python -m fcn_jax.evaluate), or leave them unset")
     for key, size, allow_empty in (("data.crop_size", config.data.crop_size, False),
                                    ("eval.pad_size", config.eval.pad_size, True)):

@@ -77,7 +77,7 @@ def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh, info: dataset
     if oversized:  # found now, not at the first evaluation thousands of steps in
         raise ConfigError(f"config.eval.pad_size={pad_size} is smaller than {config.data.eval_split} image "
                           f"{oversized}; raise it, or use () to pad to the split's largest image")
-    model = zoo.from_settings(config.model)
+    model = zoo.from_settings(config.model, config.data.normalization)
     crop_h, crop_w = config.data.crop_size
     image_shape = (config.train.global_batch_size, crop_h, crop_w, 3)
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -103,7 +103,8 @@ def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh, info: dataset
     head_classes = tuple(k for _, k in heads)
     label_shape = image_shape[:3] + ((len(head_classes),) if len(head_classes) > 1 else ())  # a label map a head
     schedule = jax.jit(learning_rate_schedule(config.optim, num_updates(config)))  # one compile, not one per op
-    mode = modes.Mode.from_settings(config.eval.window, config.eval.stride, config.eval.flip, config.eval.scales)
+    mode = modes.Mode.from_settings(config.eval.window, config.eval.stride, config.eval.flip, config.eval.scales,
+                                   config.eval.crf)
     runner = Runner(model.apply, heads, mesh, normalization=config.data.normalization, mode=mode,
                     batch_size=validation.eval_batch_sizes(config, mesh.devices.size)[0])
     return loop.Job(

@@ -226,13 +226,13 @@ def stored_settings(weights: str) -> dict:
     sidecar = os.path.join(path, WEIGHTS_SIDECAR)
     if os.path.isfile(sidecar):
         meta = read_json(sidecar)
-        return {k: meta[k] for k in (*SETTINGS, "dtype", "heads", "resnet") if k in meta}
+        return {k: meta[k] for k in (*SETTINGS, "dtype", "heads", "resnet", "crf") if k in meta}
     config = run_config(path)
     if config is None:
         return {}
     settings = {k: config["model"][k] for k in ("variant", "num_classes", "width", "geometry", "dtype")}
     return {**settings, "heads": config["model"].get("heads", []), "resnet": config["model"].get("resnet", {}),
-            "normalization": config["data"]["normalization"]}
+            "crf": config["model"].get("crf", {}), "normalization": config["data"]["normalization"]}
 
 
 def run_config(weights: str) -> dict | None:

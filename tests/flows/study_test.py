@@ -19,6 +19,7 @@ from fcn_jax.train import job
 
 
 def tiny_run(root):
+    """A 3-step run of the folder recipe on 8 + 3 images (the tiny_folder_run fixture of conftest.py)."""
     manual_dir = data_synthetic.write_synthetic_folder(str(root / "shapes"), num_train=8, num_val=3)
     config = folder_experiment.get_config()
     config.model.width = 1 / 32
@@ -33,9 +34,8 @@ def tiny_run(root):
 
 
 @pytest.fixture(scope="module")
-def studied(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
-    config, manual_dir = tiny_run(root)
+def studied(tiny_folder_run):
+    config, root, manual_dir = tiny_folder_run
     options = study.Options(folds=2, fractions=(0.5, 1.0), target=0.9, unlabelled=f"{manual_dir}/images/val",
                             worst=2, progress=False)
     result = study.run(str(root / "run"), str(root / "out"), options)
