@@ -9,7 +9,6 @@ the sweep (fcn_jax.flows.ablation). Outputs: workdir/results.md and workdir/resu
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -35,10 +34,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax / tfds chatter
-    preemption.stop_on_sigterm()
+    preemption.start_command_line()
     try:
         ablation.run(args.sweep, args.workdir, steps=args.steps, processes=args.processes, only=args.variant,
             settings=args.settings)

@@ -13,7 +13,6 @@ figures and study.json into --output (fcn_jax.flows.study).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -45,10 +44,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    preemption.stop_on_sigterm()
+    preemption.start_command_line()
     from fcn_jax.flows import learning_curve, study
 
     output = args.output or os.path.join(args.run, "study")

@@ -14,7 +14,6 @@ import time
 import numpy as np
 
 from fcn_jax.core import metrics
-from fcn_jax.core.constants import IGNORE_LABEL
 from fcn_jax.data import subsets
 from fcn_jax.flows import study
 from fcn_jax.infer import dense_crf
@@ -53,12 +52,9 @@ def parse_grid(text: str, base: CRFSettings) -> list[CRFSettings]:
     return [CRFSettings.from_mapping({**dataclasses.asdict(base), **dict(point)}) for point in itertools.product(*axes)]
 
 
-def _mean_iou(pairs, num_classes: int) -> float:
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    for prediction, label in pairs:
-        valid = label != IGNORE_LABEL
-        confusion += np.bincount(num_classes * label[valid].astype(np.int64) + prediction[valid],
-                                 minlength=num_classes ** 2).reshape(num_classes, num_classes)
+def _mean_iou(pairs, num_classes: int, pad_multiple: int) -> float:
+    """The paper's mean IU of one confusion matrix summed over (prediction, label) pairs."""
+    confusion = sum(study.image_confusion(prediction, label, num_classes, pad_multiple) for prediction, label in pairs)
     return float(metrics.segmentation_metrics(confusion)["mean_iou"])
 
 
@@ -80,12 +76,10 @@ def search(run_dir: str, options: Options = Options()) -> dict:
     runner = Runner.of(network, pad_multiple=options.pad_multiple)
     model_heads, num_classes = network.heads, network.heads[0][1]
     cached = []  # (float16 logits of every head, uint8 image, first head's label)
-    examples = ((int(i), evaluation[int(i)]) for i in order)
+    examples = (evaluation[int(i)] for i in order)  # each read once
     with tqdm(total=len(order), desc="logits", unit="image", disable=not options.progress) as bar:
-        for index, logits in runner.logits(network.params, ((i, e["image"]) for i, e in examples)):
-            label = np.asarray(evaluation[index]["label"])
-            cached.append((logits.astype(np.float16), evaluation[index]["image"],
-                           label[..., 0] if label.ndim == 3 else label))
+        for example, logits in runner.logits(network.params, ((e, e["image"]) for e in examples)):
+            cached.append((logits.astype(np.float16), example["image"], study.first_head(example["label"])))
             bar.update()
     tune, held_out = cached[:cut], cached[cut:]
 
@@ -95,7 +89,7 @@ def search(run_dir: str, options: Options = Options()) -> dict:
                 if settings is not None:
                     logits = dense_crf.refine(logits.astype(np.float32), image, settings, model_heads)
                 yield np.argmax(logits[..., :num_classes], -1), label
-        return _mean_iou(pairs(), num_classes)
+        return _mean_iou(pairs(), num_classes, options.pad_multiple)
 
     rows = []
     with tqdm(total=len(grid), desc="CRF grid", unit="setting", disable=not options.progress) as bar:

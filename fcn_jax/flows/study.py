@@ -131,21 +131,21 @@ def score_images(runner: Runner, params, source, indices, num_classes: int, desc
     records, confusion = [], np.zeros((num_classes, num_classes), np.int64)
     with _bar(len(indices), desc, progress) as bar:
         for index, logits in runner.logits(params, ((int(i), source[int(i)]["image"]) for i in indices)):
-            label = _first_head(source[index]["label"])
+            label = first_head(source[index]["label"])
             probs = sample_quality.softmax(logits[..., :num_classes])
-            image_confusion = _confusion(np.argmax(probs, -1), label, num_classes, runner.pad_multiple)
-            confusion += image_confusion
+            confusion_of_image = image_confusion(np.argmax(probs, -1), label, num_classes, runner.pad_multiple)
+            confusion += confusion_of_image
             labelled = label != IGNORE_LABEL
             suspect = sample_quality.suspect_pixels(probs, label)
             records.append({"index": index, "id": source[index].get("id", str(index)),
-                            "mean_iou": float(metrics.image_mean_iou(image_confusion[None])[0]),
+                            "mean_iou": float(metrics.image_mean_iou(confusion_of_image[None])[0]),
                             "label_quality": sample_quality.image_label_quality(probs, label),
                             "suspect_share": float(suspect.sum() / max(labelled.sum(), 1))})
             bar.update()
     return records, confusion
 
 
-def _confusion(prediction, label, num_classes: int, pad_multiple: int) -> np.ndarray:
+def image_confusion(prediction, label, num_classes: int, pad_multiple: int) -> np.ndarray:
     """(K, K) confusion of one image, counted at its padded size (label 255 there): a padded shape, not every image
     size, compiles the counting."""
     shape = batching.padded_shape(*label.shape, pad_multiple)
@@ -154,7 +154,7 @@ def _confusion(prediction, label, num_classes: int, pad_multiple: int) -> np.nda
     return np.asarray(metrics.image_confusions(*padded, num_classes))[0]
 
 
-def _first_head(label) -> np.ndarray:
+def first_head(label) -> np.ndarray:
     label = np.asarray(label)
     return label[..., 0] if label.ndim == 3 else label
 
@@ -163,7 +163,7 @@ def _draw(path, runner: Runner, params, source, record, info, num_classes: int, 
     example = source[record["index"]]
     (_, logits), = runner.logits(params, [(0, example["image"])])
     probs = sample_quality.softmax(logits[..., :num_classes])
-    label = _first_head(example["label"])
+    label = first_head(example["label"])
     score_figures.comparison_figure(
         path, example["image"], label, np.argmax(probs, -1).astype(np.uint8), info, title,
         marked=sample_quality.suspect_pixels(probs, label) if marked else None,

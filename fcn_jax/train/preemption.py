@@ -52,6 +52,15 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
+def start_command_line() -> None:
+    """The start of a long-running command line (ablate, study, crf_search): TensorFlow's C++ logs quiet unless set,
+    INFO lines with times, absl at WARNING (orbax / tfds chatter), and stop_on_sigterm."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    stop_on_sigterm()
+
+
 def exit_now(code: int) -> None:
     """Flush and exit without joining threads: neither a compilation left in a daemon thread by a signal nor a
     failed background checkpoint save may hold the process (or crash it at interpreter shutdown)."""
