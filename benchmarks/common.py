@@ -198,18 +198,21 @@ def _sub_jaxprs(params: dict):
                 yield item
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def machine_info() -> dict:
     """Where and under what load the numbers were taken."""
     import torch
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "machine": platform.machine(),
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "python": platform.python_version(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()], "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", ""),

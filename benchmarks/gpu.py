@@ -7,12 +7,15 @@ On an H200 a full-size case takes about a minute (XLA's autotuned compile of 2-6
 call of up to 20 s, the timed rounds), so the default budget covers the first four or five cases.
 
 Runs where only jax (CUDA), flax, optax, orbax-checkpoint, numpy and torch (CUDA) are installed: it imports
-fcn_jax.models, fcn_jax.train.step, fcn_jax.train.xla_options and benchmarks.torch_fcn, never TensorFlow,
+fcn_jax.models, fcn_jax.train.step, fcn_jax.train.xla_options, fcn_jax.data.input_pipeline and benchmarks.torch_fcn,
+never TensorFlow,
 tensorflow-datasets or ml_collections.
 Cases (in this order, the goal's first; the rest are skipped, and listed as skipped, once --budget_s is spent):
 batch 16, 8, 1, each bf16 then fp32, each the training step then inference, 512x512 ("same" geometry) then
-500x500 (caffe geometry, pad 100). The report is rewritten after every case, so a run cut short keeps what it
-measured. Each side: the same random weights; fcn_jax jitted (the training step is step.train_step with the
+500x500 (caffe geometry, pad 100); then the training loop with its input (train_input: fcn_jax's step fed by
+data.input_pipeline from images in memory, against the same step on a device-resident batch). The report is
+rewritten after every case, so a run cut short keeps what it measured.
+Each side: the same random weights; fcn_jax jitted (the training step is step.train_step with the
 reference's SGD momentum 0.99 and summed loss, donated state); torch channels_last with cudnn.benchmark, bf16
 through torch.autocast, the same SGD; each timed call runs --iters steps and synchronises (block_until_ready,
 torch.cuda.synchronize). Calls alternate for --reps rounds after a warm-up. Outputs are compared before timing
@@ -187,6 +190,51 @@ def run_case(kind, size, batch, dtype, args, frameworks, profile_prefix=None, pr
     return row
 
 
+def input_loop_case(size, batch, dtype, args) -> dict:
+    """The training step fed by data.input_pipeline (scale 0.5..2.0, crop, flip of 375x500 / 500x375 images held in
+    memory; the reader threads are the host's cores) against the same step on one batch already on the device,
+    alternating: images/s of each, and how much of the step's rate the input keeps."""
+    from fcn_jax.data import input_pipeline
+
+    geometry, variant = GEOMETRY_OF_SIZE.get(size, "same"), "fcn8s"
+    model = zoo.create_model(variant, geometry=geometry, width=args.width,
+                             dtype={"bf16": "bfloat16", "fp32": "float32"}[dtype])
+    rng = np.random.default_rng(0)
+    source = [{"image": rng.integers(0, 256, (*shape, 3), dtype=np.uint8),
+               "label": rng.integers(0, 21, shape, dtype=np.uint8), "id": f"bench_{i}"}
+              for i, shape in enumerate([(375, 500), (500, 375)] * max(4, batch))]
+    batches = input_pipeline.train_batches(source, global_batch_size=batch, crop_size=(size, size), seed=0)
+    params = common.random_params(zoo.create_model(variant, geometry=geometry, width=args.width),
+                                  (batch, size, size, 3))
+    config = optim_config(variant, dtype, args.width)
+    state = step.TrainState.create(apply_fn=model.apply, params=jax.device_put(params),
+                                   tx=step.create_optimizer(config, params))
+    body = functools.partial(step.train_step, loss_reduction="sum", num_classes=21, learnable_upsample=False)
+    fn = jax.jit(body, donate_argnums=(0,), compiler_options=xla_options.training())
+    resident = jax.device_put(next(batches))
+    compiled = fn.lower(state, resident, jax.random.PRNGKey(0)).compile()
+    holder = {"state": state}
+
+    def steps(fed: bool):
+        def run():
+            out = None
+            for _ in range(args.iters):
+                batch_now = jax.device_put(next(batches)) if fed else resident
+                holder["state"], out = compiled(holder["state"], batch_now, jax.random.PRNGKey(0))
+            return jax.block_until_ready(out)
+        return run
+
+    stats = common.interleaved({"step_only": steps(False), "with_input": steps(True)}, warmup=1, reps=args.reps)
+    batches.close()
+    for s in stats.values():
+        s["images_per_s"] = round(batch * args.iters / s["median_s"], 2)
+        s["spread_s"] = [min(s["times_s"]), max(s["times_s"])]
+    return {"kind": "train_input", "size": size, "geometry": geometry, "batch": batch, "dtype": dtype,
+            "iters": args.iters, "reader_threads": input_pipeline.default_workers(), "stats": stats,
+            "with_input_over_step_only": round(stats["with_input"]["images_per_s"]
+                                               / stats["step_only"]["images_per_s"], 3)}
+
+
 def profile(fns: dict, prefix: str, with_torch: bool) -> dict:
     """One more call of each side under its profiler: jax's trace as <prefix>jax_trace.json.gz (Chrome trace
     events: one per kernel, with the jax op that launched it) and, with_torch, torch's per-kernel table as
@@ -235,19 +283,29 @@ def markdown(report: dict) -> str:
              "| compile s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["cases"]:
+        if r["kind"] == "train_input":
+            continue
         jax_s, torch_s = r["stats"]["fcn_jax"], r["stats"].get("torch", {})
         mfu = jax_s.get("mfu_vs_bf16_peak")
         lines.append(f"| {r['kind']} | {r['size']} ({r['geometry']}) | {r['batch']} | {r['dtype']} | "
                      f"{jax_s['images_per_s']} | {torch_s.get('images_per_s', '-')} | "
                      f"{r.get('fcn_jax_over_torch_images_per_s', '-')} | "
                      f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | {r['jax_compile_s']:.1f} |")
+    loops = [r for r in report["cases"] if r["kind"] == "train_input"]
+    if loops:
+        lines += ["", "| training loop | size | batch | dtype | step alone img/s | with input img/s | kept |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| train_input | {r['size']} | {r['batch']} | {r['dtype']} | "
+                  f"{r['stats']['step_only']['images_per_s']} | {r['stats']['with_input']['images_per_s']} | "
+                  f"{100 * r['with_input_over_step_only']:.0f}% |" for r in loops]
     lines += [""] + [f"skipped (budget): {s}" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kinds", nargs="+", default=["train", "inference"], choices=("train", "inference"))
+    parser.add_argument("--kinds", nargs="+", default=["train", "inference", "train_input"],
+                        choices=("train", "inference", "train_input"))
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=("bf16", "fp32"))
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 500])
     parser.add_argument("--batches", nargs="+", type=int, default=[16, 8, 1])
@@ -286,7 +344,8 @@ def main(argv=None) -> dict:
             continue
         try:
             prefix = os.path.join(args.profile, f"{kind}{size}b{batch}{dtype}_")
-            row = run_case(kind, size, batch, dtype, args, args.frameworks,
+            row = input_loop_case(size, batch, dtype, args) if kind == "train_input" else run_case(
+                kind, size, batch, dtype, args, args.frameworks,
                            profile_prefix=prefix if args.profile and index < args.profile_cases else None,
                            profile_torch=index == args.profile_cases - 1)
         except Exception as error:  # noqa: BLE001 - one failing case (e.g. out of memory) must not lose the others
@@ -303,8 +362,10 @@ def main(argv=None) -> dict:
 
 
 def case_order(kinds, sizes, batches, dtypes) -> list[tuple]:
-    """(kind, size, batch, dtype) in the order they run: by batch, then dtype, kind and size, as given."""
-    return [(k, s, b, d) for b in batches for d in dtypes for k in kinds for s in sizes]
+    """(kind, size, batch, dtype) in the order they run: by batch, then dtype, kind and size, as given; the training
+    loop with input (train_input, fcn_jax alone) after the comparisons with torch."""
+    order = [(k, s, b, d) for b in batches for d in dtypes for k in kinds for s in sizes]
+    return [case for case in order if case[0] != "train_input"] + [case for case in order if case[0] == "train_input"]
 
 
 def release_torch_memory(frameworks):
@@ -319,7 +380,8 @@ def release_torch_memory(frameworks):
 def write(report: dict, out: str, start: float) -> str:
     """The JSON and the markdown table of the cases so far; returns the table."""
     report["wall_s"] = round(time.perf_counter() - start, 1)
-    report["median_compile_s"] = statistics.median([r["jax_compile_s"] for r in report["cases"] if "stats" in r] or [0])
+    report["median_compile_s"] = statistics.median([r["jax_compile_s"] for r in report["cases"] if "jax_compile_s" in r]
+                                                   or [0])
     common.write_report("gpu", report, out)
     table = markdown({**report, "cases": [r for r in report["cases"] if "stats" in r]})
     with open(os.path.splitext(out)[0] + ".md", "w") as f:

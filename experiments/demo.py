@@ -1,6 +1,6 @@
 """The embedded default: a small-width FCN-8s trained from scratch on the synthetic VOC-format dataset.
 
-The dataset is written by fcn_jax.data.synthetic on first use and read through the same tfds builder and tf.data
+The dataset is written by fcn_jax.data.synthetic on first use and read through the same tfds builder and input
 pipeline as real VOC.
 
 Command:  python -m fcn_jax.main --config experiments/demo.py --workdir runs/demo

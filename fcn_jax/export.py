@@ -21,7 +21,7 @@ def parse_args(argv):
                         help="training workdir, its checkpoints/ dir, or converted weights (python -m fcn_jax.convert)")
     parser.add_argument("--output", required=True, help="folder to write (replaced if it holds an earlier export)")
     parser.add_argument("--formats", nargs="+", choices=export.FORMATS, default=list(export.FORMATS),
-                        help="saved_model needs TensorFlow (pip install \".[train]\"); stablehlo needs only jax")
+                        help="saved_model needs TensorFlow (pip install \".[prepare]\"); stablehlo needs only jax")
     parser.add_argument("--batch", type=int, help="fix the batch size (default: symbolic, any batch)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                         help="fix the image size (default: symbolic, any size)")
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
                                size=tuple(args.size) if args.size else None, formats=tuple(args.formats),
                                platforms=tuple(args.platforms))
     except ImportError as error:
-        hint = ("--formats saved_model needs TensorFlow: pip install \".[train]\", or export --formats stablehlo only"
+        hint = ("--formats saved_model needs TensorFlow: pip install \".[prepare]\", or export --formats stablehlo only"
                 if "saved_model" in args.formats else "pip install the package again: pip install .")
         print(f"error: {error} ({hint})", file=sys.stderr)
         return 1

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    from fcn_jax.data import folder_builder  # TensorFlow: only once the flags are good
+    from fcn_jax.data import folder_builder  # tfds (and TensorFlow to prepare): only once the flags are good
 
     try:
         prepared = folder_builder.prepare(args.data_dir, args.manual_dir, args.layout, classes=args.classes,

@@ -76,7 +76,7 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     init_kwargs = distributed_init_kwargs(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                           force=_DISTRIBUTED.value)  # bad flags fail before the slow imports
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF (tf.data, imported with the data) stays quiet
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF (imported only to prepare a dataset) stays quiet
     import jax
 
     from fcn_jax.train import preemption
@@ -96,7 +96,7 @@ def main(argv) -> None:
         if init_kwargs is None:
             preemption.exit_now(preemption.EXIT_CODE)
         sys.exit(preemption.EXIT_CODE)  # several processes: jax.distributed shuts down at exit, in step
-    except (ValueError, OSError, FloatingPointError) as error:  # bad config, data, workdir: one line
+    except (ValueError, OSError, FloatingPointError, ImportError) as error:  # bad config, data, workdir, install
         print(f"error: {error}", file=sys.stderr)
         preemption.exit_now(1)
     except BaseException:  # a bug: its traceback, then out

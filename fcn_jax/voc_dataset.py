@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip (and count) unreadable training examples instead of failing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from fcn_jax.data import layouts, voc, voc_builder  # TensorFlow: only once the flags are good
+    from fcn_jax.data import layouts, voc, voc_builder  # tfds (and TensorFlow to prepare): only once the flags are good
 
     try:
         builder = voc_builder.prepare(args.data_dir, args.manual_dir, skip_bad_examples=args.skip_bad_examples)

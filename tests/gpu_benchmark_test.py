@@ -30,14 +30,19 @@ def test_the_gpu_benchmark_runs_without_tensorflow_or_ml_collections(frameworks,
     env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""}
     completed = subprocess.run(
         [sys.executable, "-c", SCRIPT, "--width", "0.03125", "--sizes", "64", "--batches", "2", "--reps", "2",
-         "--iters", "1", "--matmul_size", "256", "--budget_s", "1e9", "--frameworks", *frameworks, "--out", str(out)],
+         "--iters", "1", "--matmul_size", "256", "--budget_s", "1e9", "--frameworks", *frameworks, "--out", str(out),
+         "--kinds", "train", "inference", *(["train_input"] if frameworks == ["fcn_jax"] else [])],
         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["measured_bf16_matmul_tflops"] > 0 and report["skipped"] == []
+    loops = [("train_input", "bf16"), ("train_input", "fp32")] if frameworks == ["fcn_jax"] else []
     assert [(c["kind"], c["dtype"]) for c in report["cases"]] == [
-        ("train", "bf16"), ("inference", "bf16"), ("train", "fp32"), ("inference", "fp32")]
-    for case in report["cases"]:
+        ("train", "bf16"), ("inference", "bf16"), ("train", "fp32"), ("inference", "fp32")] + loops
+    for case in report["cases"][4:]:  # the training loop fed by the input pipeline, against the step alone
+        assert "error" not in case, case
+        assert all(s["images_per_s"] > 0 for s in case["stats"].values()) and case["reader_threads"] >= 1
+    for case in report["cases"][:4]:
         assert "error" not in case, case
         assert set(case["stats"]) == set(frameworks)
         assert all(s["images_per_s"] > 0 for s in case["stats"].values())
@@ -46,7 +51,8 @@ def test_the_gpu_benchmark_runs_without_tensorflow_or_ml_collections(frameworks,
         fp32 = next(c for c in report["cases"] if c["kind"] == "inference" and c["dtype"] == "fp32")
         assert fp32["relative_error"] < 1e-4
     table = (tmp_path / "gpu.md").read_text().splitlines()
-    assert sum(line.startswith("| train") or line.startswith("| inference") for line in table) == 4
+    assert sum(line.startswith("| train |") or line.startswith("| inference |") for line in table) == 4
+    assert sum(line.startswith("| train_input |") for line in table) == len(loops)
 
 
 def test_cases_run_by_batch_then_dtype_kind_and_size():

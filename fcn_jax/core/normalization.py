@@ -2,9 +2,8 @@
 
     caffe_bgr     BGR, 0..255 minus the Caffe mean: the reference FCN / VGG16 Caffe models, pytorch-fcn
     imagenet_rgb  RGB, (x / 255 - mean) / std: torchvision's VGG16 and ResNets
-Both map the mean pixel to 0, which is what padding uses. The tf.data pipeline (data.input_pipeline) computes the
-same float32 operations in the same order, and weights.convert folds one normalisation into conv1_1 for the other
-(`affine`).
+Both map the mean pixel to 0, which is what padding uses. The training input (data.input_pipeline) calls
+`normalize`; weights.convert folds one normalisation into conv1_1 for the other (`affine`).
 """
 from __future__ import annotations
 
@@ -22,12 +21,19 @@ def check_normalization(mode: str) -> str:
     return mode
 
 
-def normalize(image: np.ndarray, mode: str) -> np.ndarray:
-    """uint8 RGB (..., 3) -> float32 network input; 0 afterwards means 'mean pixel' (what padding uses)."""
+def normalize(image: np.ndarray, mode: str, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 RGB (..., 3) -> float32 network input; 0 afterwards means 'mean pixel' (what padding uses).
+
+    out: a float32 array of image's shape to write into (the input pipeline's batch rows), else a new one.
+    """
+    if out is None:
+        out = np.empty(image.shape, np.float32)
     if check_normalization(mode) == "caffe_bgr":
-        return image[..., ::-1].astype(np.float32) - np.asarray(CAFFE_BGR_MEAN, np.float32)
-    return ((image.astype(np.float32) / np.float32(255.0) - np.asarray(IMAGENET_MEAN, np.float32))
-            / np.asarray(IMAGENET_STD, np.float32))
+        return np.subtract(image[..., ::-1], np.asarray(CAFFE_BGR_MEAN, np.float32), out=out, dtype=np.float32)
+    np.divide(image, np.float32(255.0), out=out, dtype=np.float32)
+    out -= np.asarray(IMAGENET_MEAN, np.float32)
+    out /= np.asarray(IMAGENET_STD, np.float32)
+    return out
 
 
 def affine(mode: str) -> tuple[np.ndarray, np.ndarray]:

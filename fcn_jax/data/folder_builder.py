@@ -23,7 +23,6 @@ import tensorflow_datasets as tfds
 from fcn_jax.data import (
     class_balance,
     dataset_info,
-    input_pipeline,  # noqa: F401  (imported first: it keeps TF off the accelerators)
     label_checks,
     layouts,
 )

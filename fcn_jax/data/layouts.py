@@ -1,6 +1,7 @@
 """Where a dataset's images and labels lie on disk: the split -> (image, label) file lists of every layout.
 
-Pure Python (no TensorFlow): the tfds builder (data.folder_builder) and data.examples.FolderSource read these lists.
+Pure Python (TensorFlow only inside `tfds_build`): the tfds builder (data.folder_builder) and
+data.examples.FolderSource read these lists.
 Every layout checks that each listed image has its label (extensions in any case: `.PNG` too) and that no split is
 empty, naming the file or list at fault. `tfds_build` wraps the builders' tfds builds: what a killed build left is
 removed before the next one, and a stopped build removes its own.
@@ -125,7 +126,15 @@ def build_stopped_line(data_dir: str) -> str:
 @contextlib.contextmanager
 def tfds_build(version_dir: str):
     """Around a tfds build into `version_dir`: the leftovers of a killed one removed first, and SIGTERM raised as
-    KeyboardInterrupt (where nothing else handles it), so that tfds removes its own partial folder when stopped."""
+    KeyboardInterrupt (where nothing else handles it), so that tfds removes its own partial folder when stopped.
+    Building needs TensorFlow (tfds serialises with it; reading a prepared dataset does not): without it, one
+    ImportError line saying what to install."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ImportError("preparing a dataset needs TensorFlow: pip install \".[prepare]\" (training from an "
+                          "already prepared data_dir does not)") from None
+    tf.config.set_visible_devices([], "GPU")  # TF only writes the files; the accelerators stay JAX's
     remove_incomplete(version_dir)
     in_main = threading.current_thread() is threading.main_thread()
     take_sigterm = in_main and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

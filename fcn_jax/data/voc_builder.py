@@ -13,10 +13,7 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
-from fcn_jax.data import (
-    input_pipeline,  # noqa: F401  (imported first: it keeps TF off the accelerators)
-    voc,
-)
+from fcn_jax.data import voc
 from fcn_jax.data.examples import SplitSource
 from fcn_jax.data.layouts import read_examples, tfds_build
 

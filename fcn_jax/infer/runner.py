@@ -3,7 +3,7 @@
     runner = Runner(apply_fn, heads, mesh, normalization=..., mode=..., batch_size=..., pad_multiple=..., buckets=...)
     runner.masks(params, [(key, uint8 image), ...])      -> (key, image, mask), ...    predict, the pipeline
     runner.scores(params, [(uint8 image, label), ...])   -> steps.Scores                evaluate, validation in a mode
-    runner.score_batches(params, padded host batches)    -> steps.Scores                validation (tf.data batches)
+    runner.score_batches(params, padded host batches)    -> steps.Scores                validation (input batches)
 The plain mode runs the compiled eval / predict step on batches of one padded shape (each image's own size padded to
 `pad_multiple`, or its bucket: batching.bucket_shapes), normalised and batched in a background thread. Any other
 mode (windows, flip, scales: infer.modes) runs one image at a time through its logits. Params come with every call:

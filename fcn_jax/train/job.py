@@ -2,7 +2,7 @@
 
 `train.step.train_step` and `infer.steps.eval_step` are pure functions of global arrays; core.parallel decides how they
 are laid over devices. Side effects (data, checkpoints, logging) live in the loop and the job's callbacks. The data
-(tf.data, tfds) is imported only when a job is built.
+(tfds data sources, read without TensorFlow) is loaded only when a job is built.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from fcn_jax.core import parallel
-from fcn_jax.data import class_balance, dataset_info, sources
+from fcn_jax.data import class_balance, dataset_info, input_pipeline, sources
 from fcn_jax.infer import modes
 from fcn_jax.infer.runner import Runner
 from fcn_jax.models import resnet, zoo
@@ -67,8 +67,6 @@ def counted_class_weights(config: ml_collections.ConfigDict, train_source,
 
 def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh, info: dataset_info.Heads) -> loop.Job:
     """The data, fresh state, step and validation of an FCN training run (the data is prepared here)."""
-    from fcn_jax.data import input_pipeline  # TensorFlow: only once a job is built
-
     if jax.process_index() == 0:  # evaluate/predict name the classes from it
         dataset_info.write(info, workdir)
     train_source, eval_source = sources.load_sources(config)
@@ -91,13 +89,12 @@ def fcn_job(config: ml_collections.ConfigDict, workdir: str, mesh, info: dataset
                  f"{zoo.count_params(state.params):,}", mesh.devices.size, jax.process_count())
 
     def batches(start_step: int):
-        dataset = input_pipeline.train_dataset(
+        return input_pipeline.train_batches(
             train_source, global_batch_size=config.train.global_batch_size, crop_size=(crop_h, crop_w),
             seed=config.seed, start_step=start_step, process_index=jax.process_index(),
             process_count=jax.process_count(), scale_range=tuple(config.data.scale_range) or None,
             flip=config.data.flip, normalization=config.data.normalization, num_steps=config.train.num_steps,
             num_classes=head_classes)
-        return input_pipeline.numpy_batches(dataset)
 
     heads = zoo.head_specs(config.model.num_classes, config.model.heads)
     head_classes = tuple(k for _, k in heads)

@@ -163,7 +163,7 @@ def _train(job: Job, cadence: Cadence, state, rng, start_step: int, manager, wri
     if start_step >= num_steps:
         return result
     compiled = watcher.run_interruptibly(lambda: compile_step(job, state, rng))
-    batches = job.batches(start_step)  # local to this call: a tf.data iterator must not outlive its loop
+    batches = job.batches(start_step)  # local to this call: its reader threads end with the loop
     progress = _progress(start_step, num_steps, name)
     last_good_step = manager.latest_step()
     window_start, window_images = time.time(), 0

@@ -53,8 +53,8 @@ def stop_on_sigterm() -> None:
 
 
 def start_command_line() -> None:
-    """The start of a long-running command line (ablate, study, crf_search): TensorFlow's C++ logs quiet unless set,
-    INFO lines with times, absl at WARNING (orbax / tfds chatter), and stop_on_sigterm."""
+    """The start of a long-running command line (ablate, study, crf_search): TensorFlow's C++ logs (preparing data)
+    quiet unless set, INFO lines with times, absl at WARNING (orbax / tfds chatter), and stop_on_sigterm."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fcn_jax.data import dataset_info, examples, label_checks, visualize
+from fcn_jax.data import dataset_info, examples, input_pipeline, label_checks, visualize
 from fcn_jax.infer import evaluation
 from fcn_jax.infer.runner import Runner
 from fcn_jax.models import zoo
@@ -25,14 +25,12 @@ def eval_batch_sizes(config, num_devices: int) -> tuple[int, int]:
 def validate(params: Any, step: int, *, config, eval_source, runner: Runner, workdir: str,
              info: dataset_info.Heads) -> dict:
     """Scores over the whole eval split and a few sample masks of process 0, run by `runner` in config.eval's mode:
-    the plain one on tf.data batches padded to eval.pad_size (one compilation, split over processes), another
+    the plain one on input_pipeline batches padded to eval.pad_size (one compilation, split over processes), another
     (sliding windows, flip, scales) image by image at each image's own size, without sample masks."""
-    from fcn_jax.data import input_pipeline  # TensorFlow: only where training is
-
     heads = zoo.head_specs(config.model.num_classes, config.model.heads)
     if runner.mode.plain:
         _, per_process = eval_batch_sizes(config, runner.mesh.devices.size)
-        dataset = input_pipeline.eval_dataset(
+        batches = input_pipeline.eval_batches(
             eval_source, batch_size=per_process, pad_size=tuple(config.eval.pad_size) or None,
             normalization=config.data.normalization, process_index=jax.process_index(),
             process_count=jax.process_count(), num_classes=tuple(k for _, k in heads))
@@ -44,7 +42,7 @@ def validate(params: Any, step: int, *, config, eval_source, runner: Runner, wor
                 saved[0] += _save_samples(out["prediction"], batch, sample_dir, config.eval.num_samples - saved[0],
                                           info[0][1].palette())
 
-        scores = runner.score_batches(params, input_pipeline.numpy_batches(dataset), on_batch=save_samples)
+        scores = runner.score_batches(params, batches, on_batch=save_samples)
     else:  # single process (checked in config_checks.validate_config)
         if config.eval.num_samples:
             logging.info("validation in an inference mode saves no sample masks")

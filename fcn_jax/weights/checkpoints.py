@@ -4,7 +4,7 @@ A checkpoint at step s holds `state` (params, optimizer state, step), `rng`
 (the base dropout key; per-step keys are folded from it) and `meta` (JSON:
 step, the input pipeline position, eval metrics). The input pipeline is
 step-indexed (see input_pipeline), so the position is the step itself and no
-tf.data state has to be stored. Restoring goes into an abstract target built
+iterator state has to be stored. Restoring goes into an abstract target built
 for the current mesh, so a run may resume on a different device count.
 
 Retention: the `keep` latest checkpoints plus the one with the best mean IU.

@@ -1,11 +1,9 @@
-"""infer/steps.py, batching.py and runner.py: the per-shape compile cache, batching by padded size, and a NumPy input
-normalisation that is bit-identical to the tf.data pipeline's."""
+"""infer/steps.py, batching.py and runner.py: the per-shape compile cache, and batching by padded size."""
 import numpy as np
 import pytest
 from evaluate_test import random_params, save_converted_weights
 
-from fcn_jax.core import losses, metrics, normalization, parallel
-from fcn_jax.data import input_pipeline
+from fcn_jax.core import losses, metrics, parallel
 from fcn_jax.infer import batching
 from fcn_jax.infer import network as infer_network
 from fcn_jax.infer import steps as infer_steps
@@ -84,19 +82,6 @@ def test_prefetch_keeps_order_and_raises_where_the_producer_failed():
     while any(t.name == "prefetch" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(t.name == "prefetch" for t in threading.enumerate())
-
-
-@pytest.mark.parametrize("mode", ["caffe_bgr", "imagenet_rgb"])
-def test_numpy_normalize_is_bit_identical_to_the_tf_pipeline(mode):
-
-    image = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    image[0, 0], image[0, 1] = 0, 255
-    expected = input_pipeline.normalize(image, mode).numpy()
-    out = normalization.normalize(image, mode)
-    assert out.dtype == np.float32 and out.shape == image.shape
-    np.testing.assert_array_equal(out, expected)
-    with pytest.raises(ValueError, match="unknown normalization 'bgr'; expected one of caffe_bgr, imagenet_rgb"):
-        normalization.normalize(image, "bgr")
 
 
 def test_scores_sum_confusions_and_normalise_the_loss():

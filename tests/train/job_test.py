@@ -283,8 +283,10 @@ def test_unknown_config_key_via_cli(tmp_path):
 
 def _cli(workdir, data_dirs, num_steps, checkpoint_every):
     manual_dir, data_dir = data_dirs
-    return [sys.executable, "-m", "fcn_jax.main", "--config", "experiments/demo.py", f"--workdir={workdir}",
-            "--config.model.width=0.03125", "--config.data.crop_size=(32, 32)", "--config.train.log_every=1",
+    # Without TensorFlow, as on GPU images: the data_dirs fixture prepared the dataset.
+    return [sys.executable, "-m", "tests.no_tensorflow", "fcn_jax.main", "--config", "experiments/demo.py",
+            f"--workdir={workdir}", "--config.model.width=0.03125", "--config.data.crop_size=(32, 32)",
+            "--config.train.log_every=1",
             f"--config.train.num_steps={num_steps}", f"--config.train.checkpoint_every={checkpoint_every}",
             "--config.train.eval_every=100000", f"--config.data.manual_dir={manual_dir}",
             f"--config.data.data_dir={data_dir}", "--config.data.synthetic_train=16", "--config.data.synthetic_val=8",
@@ -297,7 +299,7 @@ def _env():
     return env
 
 
-def test_kill_9_then_resume_equals_uninterrupted_run(data_dirs, tmp_path):
+def test_kill_9_then_resume_equals_uninterrupted_run_without_tensorflow(data_dirs, tmp_path):
     n = 6
     reference = tmp_path / "reference"
     subprocess.run(_cli(reference, data_dirs, 2 * n, 2 * n), cwd=REPO, env=_env(), check=True, timeout=300,

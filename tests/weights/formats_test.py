@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from fcn_jax.data import input_pipeline
+from fcn_jax.core import normalization
 from fcn_jax.models import fcn, vgg, zoo
 from fcn_jax.models import layers as models_layers
 from fcn_jax.weights import caffe_proto, formats, merge, torch_pickle
@@ -629,8 +629,8 @@ def test_change_normalization_is_exact_inside_the_image():
     conv = {"kernel": rng.normal(size=(3, 3, 3, 5)).astype(np.float32), "bias": rng.normal(size=5).astype(np.float32)}
     params = {"backbone": {"conv1_1": conv, "conv1_2": "untouched"}}
     rgb = rng.integers(0, 256, size=(1, 9, 11, 3)).astype(np.float32)
-    caffe_input = np.asarray(input_pipeline.normalize(rgb, "caffe_bgr"))
-    imagenet_input = np.asarray(input_pipeline.normalize(rgb, "imagenet_rgb"))
+    caffe_input = normalization.normalize(rgb, "caffe_bgr")
+    imagenet_input = normalization.normalize(rgb, "imagenet_rgb")
     converted = weights_convert.change_normalization(params, "caffe_bgr", "imagenet_rgb")
     assert converted["backbone"]["conv1_2"] == "untouched" and params["backbone"]["conv1_1"] is conv
     expected = _conv1_1_valid(conv, caffe_input)
