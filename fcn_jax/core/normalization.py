@@ -21,18 +21,27 @@ def check_normalization(mode: str) -> str:
     return mode
 
 
-def normalize(image: np.ndarray, mode: str, out: np.ndarray | None = None) -> np.ndarray:
+def normalize(image, mode: str, out: np.ndarray | None = None):
     """uint8 RGB (..., 3) -> float32 network input; 0 afterwards means 'mean pixel' (what padding uses).
 
-    out: a float32 array of image's shape to write into (the input pipeline's batch rows), else a new one.
+    Without `out`, one expression that works on NumPy and jax arrays alike (the exported models trace it); with
+    `out` (a float32 NumPy array of image's shape: the input pipeline's batch rows), written in place channel by
+    channel, strided 1-D loops several times faster than broadcasting over 3 channels, to the same values.
     """
+    caffe = check_normalization(mode) == "caffe_bgr"
     if out is None:
-        out = np.empty(image.shape, np.float32)
-    if check_normalization(mode) == "caffe_bgr":
-        return np.subtract(image[..., ::-1], np.asarray(CAFFE_BGR_MEAN, np.float32), out=out, dtype=np.float32)
-    np.divide(image, np.float32(255.0), out=out, dtype=np.float32)
-    out -= np.asarray(IMAGENET_MEAN, np.float32)
-    out /= np.asarray(IMAGENET_STD, np.float32)
+        if caffe:
+            return image[..., ::-1].astype(np.float32) - np.asarray(CAFFE_BGR_MEAN, np.float32)
+        return ((image.astype(np.float32) / np.float32(255.0) - np.asarray(IMAGENET_MEAN, np.float32))
+                / np.asarray(IMAGENET_STD, np.float32))
+    for channel in range(3):
+        source, target = image[..., 2 - channel if caffe else channel], out[..., channel]
+        if caffe:
+            np.subtract(source, np.float32(CAFFE_BGR_MEAN[channel]), out=target, dtype=np.float32)
+        else:
+            np.divide(source, np.float32(255.0), out=target, dtype=np.float32)
+            target -= np.float32(IMAGENET_MEAN[channel])
+            target /= np.float32(IMAGENET_STD[channel])
     return out
 
 

@@ -63,10 +63,9 @@ def bilinear_window(image: np.ndarray, scaled: tuple[int, int], top: int, left: 
                                   _bilinear_weights(left, size[1], image.shape[1], scaled[1]))
     # Columns first, as TF: left + (right - left) * wx on the source rows the window needs (about size[0] / scale
     # of them), then rows: upper + (lower - upper) * wy. In place, with gathers along the first axis (fast).
-    needed = np.arange(y0[0], y1[-1] + 1)
-    rows = np.take(image, needed, axis=0).astype(np.float32)  # (r, W, 3)
-    right = np.take(rows, x1, axis=1)
-    across = np.take(rows, x0, axis=1)  # (r, w, 3): left, then the columns' interpolation
+    rows = image[y0[0]:y1[-1] + 1, x0[0]:x1[-1] + 1].astype(np.float32)  # the source pixels the window reads
+    right = np.take(rows, x1 - x0[0], axis=1)
+    across = np.take(rows, x0 - x0[0], axis=1)  # (r, w, 3): left, then the columns' interpolation
     right -= across
     right *= wx[None, :, None]
     across += right

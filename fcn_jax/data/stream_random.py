@@ -6,12 +6,13 @@
     uniform(seed, k)                       element k's four augmentation uniforms (scale, crop y, crop x, flip),
                                            tf.random.stateless_uniform([4], seed=[seed, k]) in float32
 
-So the stream the earlier tf.data pipeline gave stays the stream, with no TensorFlow in the process. They follow
-TensorFlow's sources: index_shuffle in python/ops/stateless_random_ops.py (the seed padded to [498247692, s0, s1],
-4 rounds) and core/kernels/random_index_shuffle.cc (a Simon block cipher on max(16, even ceil(log2 N)) bits, cycle
-walking until the value is at most max_index); stateless_uniform through StatelessRandomGetKeyCounter
-(core/kernels/stateless_random_ops.cc: one Philox call on the seed words under a fixed key) and Philox4x32-10
-(xla/tsl/lib/random/philox_random.h), 23 mantissa bits to a float in [0, 1).
+So the stream the earlier tf.data pipeline gave stays the stream, with no TensorFlow in the process (but for
+datasets of 4**n + 1 >= 65537 examples, where TF's index_shuffle is no permutation: it never gives max_index, which
+this one does). They follow TensorFlow's sources: index_shuffle in python/ops/stateless_random_ops.py (the seed
+padded to [498247692, s0, s1], 4 rounds) and core/kernels/random_index_shuffle.cc (a Simon block cipher on
+max(16, even ceil(log2 N)) bits, cycle walking until the value is at most max_index); stateless_uniform through
+StatelessRandomGetKeyCounter (core/kernels/stateless_random_ops.cc: one Philox call on the seed words under a fixed
+key) and Philox4x32-10 (xla/tsl/lib/random/philox_random.h), 23 mantissa bits to a float in [0, 1).
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def index_shuffle(index: np.ndarray, seed: tuple[int, int], max_index: int) -> n
         return np.zeros(index.shape, np.int64)
     bits = max(16, math.ceil(math.log2(float(max_index))))
     bits += bits % 2
+    if max_index >> bits:  # max_index = 4**n >= 2**16: TF's block leaves it out and is no permutation; ours is
+        bits += 2
     keys = _simon_round_keys(bits // 2, (_SEED_PAD, seed[0] & 0xFFFFFFFF, seed[1] & 0xFFFFFFFF))
     half = bits // 2
     if bits == 16:  # small N: walks can be long; tabulate the cipher and follow every walk by pointer doubling

@@ -25,6 +25,21 @@ def test_affine_is_the_same_map(mode):
     np.testing.assert_allclose(pixels @ matrix.T + offset, normalization.normalize(pixels, mode), atol=1e-4)
 
 
+@pytest.mark.parametrize("mode", normalization.NORMALIZATIONS)
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_in_place_equals_the_expression_bit_for_bit_and_jax_traces_the_expression(mode, dtype):
+    image = np.random.default_rng(1).uniform(0, 255, (4, 7, 3)).astype(dtype)
+    out = np.full((6, 9, 3), np.nan, np.float32)[1:5, :7]  # a strided view, as a batch row's window is
+    written = normalization.normalize(image[:, ::-1], mode, out=out)
+    assert written is out
+    np.testing.assert_array_equal(out, normalization.normalize(image[:, ::-1], mode))
+    import jax
+    import jax.numpy as jnp
+
+    traced = jax.jit(lambda x: normalization.normalize(x, mode))(jnp.asarray(image[:, ::-1]))
+    np.testing.assert_allclose(np.asarray(traced), out, rtol=1e-6, atol=1e-5)
+
+
 def test_unknown_normalization_is_one_line():
     with pytest.raises(ValueError, match="^unknown normalization 'bgr'; expected one of caffe_bgr, imagenet_rgb$"):
         normalization.normalize(np.zeros((1, 1, 3), np.uint8), "bgr")
