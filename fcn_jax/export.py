@@ -1,6 +1,7 @@
-"""Export trained or converted weights as artifacts that run without fcn_jax: StableHLO and a TF SavedModel.
+"""Export trained or converted weights as artifacts that run without fcn_jax: StableHLO, a TF SavedModel, ONNX.
 
-    python -m fcn_jax.export --weights runs/fcn8s --output exported/fcn8s            # both formats, any batch and size
+    python -m fcn_jax.export --weights runs/fcn8s --output exported/fcn8s       # StableHLO + SavedModel, any batch/size
+    python -m fcn_jax.export --weights runs/fcn8s --output exported/onnx --formats onnx     # ONNX, any batch and size
     python -m fcn_jax.export --weights runs/fcn8s --output exported/fixed --batch 1 --size 512 512 --formats stablehlo
 
 What the folder holds and what the artifacts take and give: fcn_jax.infer.export.
@@ -20,8 +21,9 @@ def parse_args(argv):
     parser.add_argument("--weights", required=True,
                         help="training workdir, its checkpoints/ dir, or converted weights (python -m fcn_jax.convert)")
     parser.add_argument("--output", required=True, help="folder to write (replaced if it holds an earlier export)")
-    parser.add_argument("--formats", nargs="+", choices=export.FORMATS, default=list(export.FORMATS),
-                        help="saved_model needs TensorFlow (pip install \".[prepare]\"); stablehlo needs only jax")
+    parser.add_argument("--formats", nargs="+", choices=export.FORMATS, default=list(export.DEFAULT_FORMATS),
+                        help="saved_model needs TensorFlow (pip install \".[prepare]\"), onnx the onnx package "
+                        "(pip install \".[onnx]\"); stablehlo needs only jax")
     parser.add_argument("--batch", type=int, help="fix the batch size (default: symbolic, any batch)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                         help="fix the image size (default: symbolic, any size)")
@@ -42,11 +44,13 @@ def main(argv=None) -> int:
                                size=tuple(args.size) if args.size else None, formats=tuple(args.formats),
                                platforms=tuple(args.platforms))
     except ImportError as error:
-        hint = ("--formats saved_model needs TensorFlow: pip install \".[prepare]\", or export --formats stablehlo only"
+        missing = getattr(error, "name", "") or ""
+        hint = ("--formats onnx needs the onnx package: pip install \".[onnx]\"" if missing.startswith("onnx") else
+                "--formats saved_model needs TensorFlow: pip install \".[prepare]\", or export --formats stablehlo only"
                 if "saved_model" in args.formats else "pip install the package again: pip install .")
         print(f"error: {error} ({hint})", file=sys.stderr)
         return 1
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, NotImplementedError) as error:  # NotImplementedError: a primitive ONNX lacks
         print(f"error: {error}", file=sys.stderr)
         return 1
     accepts = meta["accepts"]

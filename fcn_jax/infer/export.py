@@ -1,14 +1,17 @@
-"""Export a network as artifacts that run without fcn_jax: StableHLO and a TF SavedModel (python -m fcn_jax.export).
+"""Export a network as artifacts that run without fcn_jax: StableHLO, a TF SavedModel, ONNX (python -m fcn_jax.export).
 
 The output folder holds
     model.jax_export  jax.export (StableHLO) of segment(params, images) -> (logits, masks); any jax reloads it
     params.npz        the params it takes, flat: p0, p1, ... in its argument order
     saved_model/      a TF SavedModel (jax2tf): signature serving_default(images) -> {logits, masks}, params as
                       variables; runs with TensorFlow alone (TF Serving, tf.saved_model.load)
-    segment.py        segments image files with the jax artifact, importing only jax, numpy and Pillow
+    model.onnx        ONNX (opset 17, infer.onnx_export) of images -> (logits, masks), the params inside; runs with
+                      onnxruntime alone (also TensorRT, OpenVINO)
+    segment.py        segments image files with the jax or the ONNX artifact, importing only numpy, Pillow and jax
+                      or onnxruntime
     export.json       what the artifacts take and give, the sizes they accept, settings, versions
     dataset.json      the class names and colours
-Both take uint8 RGB images (batch, height, width, 3) of one size, normalised inside as the weights expect, and
+All take uint8 RGB images (batch, height, width, 3) of one size, normalised inside as the weights expect, and
 give the float32 logits (batch, height, width, classes of all heads) and uint8 masks (batch, height, width),
 (..., heads) for several heads: what predict computes (its whole-image mode). Batch, height and width are
 symbolic unless --batch / --size fix them, so one artifact takes every size (each new shape compiles once in
@@ -30,10 +33,12 @@ from fcn_jax.data import dataset_info
 from fcn_jax.infer.network import Network
 from fcn_jax.infer.steps import head_masks
 
-JAX_FILE, PARAMS_FILE, SAVED_MODEL_DIR = "model.jax_export", "params.npz", "saved_model"
+JAX_FILE, PARAMS_FILE, SAVED_MODEL_DIR, ONNX_FILE = "model.jax_export", "params.npz", "saved_model", "model.onnx"
 SCRIPT_FILE, META_FILE = "segment.py", "export.json"
 SCRIPT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exported_segment.py")
-FORMATS = ("stablehlo", "saved_model")
+FORMATS = ("stablehlo", "saved_model", "onnx")
+ONNX_OPSET = 17  # onnxruntime >= 1.13, TensorRT 8.6, OpenVINO 2023
+DEFAULT_FORMATS = ("stablehlo", "saved_model")
 
 
 def serving_function(network: Network):
@@ -102,11 +107,12 @@ def description(network: Network, heads: dataset_info.Heads, batch, size, format
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in network.settings.items()},
         "formats": list(formats), "platforms": list(platforms),
         "versions": {"jax": jax.__version__,
-                     "calling_convention": exported.calling_convention_version if exported else None},
+                     "calling_convention": exported.calling_convention_version if exported else None,
+                     "onnx_opset": ONNX_OPSET if "onnx" in formats else None},
     }
 
 
-def write_artifacts(network, heads, output: str, *, batch=None, size=None, formats=FORMATS,
+def write_artifacts(network, heads, output: str, *, batch=None, size=None, formats=DEFAULT_FORMATS,
                     platforms=("cpu",)) -> dict:
     """Writes the export folder (to a temporary sibling first, so `output` is whole or untouched); returns
     export.json's content. An existing `output` is replaced only if it is an earlier export."""
@@ -127,6 +133,12 @@ def write_artifacts(network, heads, output: str, *, batch=None, size=None, forma
             with open(os.path.join(tmp, JAX_FILE), "wb") as f:
                 f.write(exported.serialize())
             np.savez(os.path.join(tmp, PARAMS_FILE), **{f"p{i}": x for i, x in enumerate(params)})
+        if "onnx" in formats:
+            from fcn_jax.infer import onnx_export  # needs the onnx package: pip install ".[onnx]"
+
+            with open(os.path.join(tmp, ONNX_FILE), "wb") as f:
+                f.write(onnx_export.to_onnx(segment, params, spec, opset=ONNX_OPSET).SerializeToString())
+        if "stablehlo" in formats or "onnx" in formats:
             shutil.copy(SCRIPT_SOURCE, os.path.join(tmp, SCRIPT_FILE))
         if "saved_model" in formats:
             export_saved_model(segment, params, spec, os.path.join(tmp, SAVED_MODEL_DIR))

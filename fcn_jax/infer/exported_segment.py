@@ -1,12 +1,13 @@
-"""Segment images with a network exported by `python -m fcn_jax.export`, using only jax, numpy and Pillow.
+"""Segment images with a network exported by `python -m fcn_jax.export`, with numpy, Pillow and either jax (the
+StableHLO artifact) or onnxruntime (model.onnx).
 
-    python segment.py photo.jpg more/*.jpg --output masks/
+    python segment.py photo.jpg more/*.jpg --output masks/ [--runtime onnxruntime]
 
 writes masks/<stem>.png for each image: the class ids as pixel values, coloured with the dataset's palette
 (masks/<stem>_<head>.png for second and later heads). From Python:
 
     import segment
-    run = segment.load("exported/fcn8s")    # the folder holding this file, model.jax_export and params.npz
+    run = segment.load("exported/fcn8s")    # the folder holding this file and the artifacts
     logits, masks = run(images)              # uint8 RGB (batch, height, width, 3) of one size
 
 fcn_jax.infer.export copies this file into every export folder as segment.py; fcn_jax itself never imports it.
@@ -16,16 +17,38 @@ import json
 import os
 import sys
 
-import jax
 import numpy as np
-from jax import export
 from PIL import Image, ImageOps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+RUNTIMES = ("jax", "onnxruntime")
 
 
-def load(folder: str = HERE):
-    """run(images) -> (logits, masks) as NumPy arrays; each new image shape compiles once."""
+def default_runtime(folder: str) -> str:
+    """jax where the folder holds its artifact and jax imports, else onnxruntime."""
+    if os.path.exists(os.path.join(folder, "model.jax_export")):
+        try:
+            import jax  # noqa: F401
+            return "jax"
+        except ImportError:
+            pass
+    return "onnxruntime"
+
+
+def load(folder: str = HERE, runtime: str | None = None):
+    """run(images) -> (logits, masks) as NumPy arrays, by jax (model.jax_export + params.npz; each new image shape
+    compiles once) or onnxruntime (model.onnx, on the best provider it has)."""
+    if (runtime or default_runtime(folder)) == "onnxruntime":
+        import onnxruntime
+
+        if not os.path.isfile(os.path.join(folder, "model.onnx")):
+            raise FileNotFoundError(f"{folder} holds no model.onnx (export with --formats onnx)")
+        session = onnxruntime.InferenceSession(os.path.join(folder, "model.onnx"),
+                                               providers=onnxruntime.get_available_providers())
+        return lambda images: tuple(session.run(["logits", "masks"], {"images": np.asarray(images, np.uint8)}))
+    import jax
+    from jax import export
+
     with open(os.path.join(folder, "model.jax_export"), "rb") as f:
         exported = export.deserialize(bytearray(f.read()))
     with np.load(os.path.join(folder, "params.npz")) as stored:
@@ -51,11 +74,13 @@ def main(argv=None) -> int:
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--output", required=True, help="folder for the masks (created)")
     parser.add_argument("--model", default=HERE, help="the export folder (default: this file's)")
+    parser.add_argument("--runtime", choices=RUNTIMES, help="default: jax if the folder has its artifact and jax "
+                        "imports, else onnxruntime")
     args = parser.parse_args(argv)
     try:
         with open(os.path.join(args.model, "export.json")) as f:
             meta = json.load(f)
-        run = load(args.model)
+        run = load(args.model, args.runtime)
         os.makedirs(args.output, exist_ok=True)
         for path in args.images:
             masks = segment_file(run, path, meta["accepts"])  # (H, W), or (H, W, heads)
@@ -65,7 +90,7 @@ def main(argv=None) -> int:
                 out = Image.fromarray(mask, mode="P")
                 out.putpalette([v for colour in head["palette"] for v in colour])
                 out.save(os.path.join(args.output, stem + (f"_{head['name']}" if index else "") + ".png"))
-    except (OSError, ValueError) as error:  # a missing file, another size, another platform
+    except (OSError, ValueError, ImportError) as error:  # a missing file or runtime, another size or platform
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {len(args.images)} mask(s) to {args.output}")

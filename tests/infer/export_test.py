@@ -15,6 +15,7 @@ from PIL import Image
 
 from fcn_jax import export, predict
 from fcn_jax.core import normalization, parallel
+from fcn_jax.data import dataset_info
 from fcn_jax.infer import export as infer_export
 from fcn_jax.infer import network as infer_network
 from fcn_jax.infer import steps
@@ -29,7 +30,7 @@ RELOAD = textwrap.dedent("""
     import numpy as np
     folder, inputs, outputs = sys.argv[1:]
     images = np.load(inputs)
-    if {saved_model!r}:
+    if {runtime!r} == "saved_model":
         import tensorflow as tf
         serve = tf.saved_model.load(folder + "/saved_model").signatures["serving_default"]
         results = [serve(images=tf.constant(images[k])) for k in images.files]
@@ -38,10 +39,12 @@ RELOAD = textwrap.dedent("""
     else:
         sys.path.insert(0, folder)
         import segment
-        run = segment.load(folder)
+        run = segment.load(folder, {load_runtime!r})
         out = {{f"{{k}}_{{name}}": value
                for k in images.files for name, value in zip(("logits", "masks"), run(images[k]))}}
-        assert segment.main([folder + "/photo.png", "--output", folder + "/masks"]) == 0
+        if {runtime!r} != "onnx_only":
+            assert segment.main([folder + "/photo.png", "--output", folder + "/masks_" + {runtime!r}]
+                                + ["--runtime", "onnxruntime"] * ({runtime!r} == "onnx")) == 0
     np.savez(outputs, **out)
     print("reloaded")
 """)
@@ -52,31 +55,37 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     params = random_params("fcn8s", seed=4)
     weights = save_converted_weights(root / "weights", params)
-    assert export.main(["--weights", weights, "--output", str(root / "exported")]) == 0
+    assert export.main(["--weights", weights, "--output", str(root / "exported"), "--formats", "stablehlo",
+                        "saved_model", "onnx"]) == 0
     rng = np.random.default_rng(0)
     images = {f"s{i}": rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for i, shape in enumerate(SHAPES)}
     np.savez(root / "inputs.npz", **images)
     return root, weights, params, images
 
 
-def _reload(root, saved_model: bool) -> dict:
-    blocked = ("fcn_jax", "jax", "jaxlib") if saved_model else ("fcn_jax", "tensorflow")
-    script = RELOAD.format(blocked=blocked, saved_model=saved_model)
+BLOCKED = {"stablehlo": ("fcn_jax", "tensorflow"), "saved_model": ("fcn_jax", "jax", "jaxlib"),
+           "onnx": ("fcn_jax", "jax", "jaxlib", "tensorflow")}  # onnxruntime, numpy and Pillow alone
+
+
+def _reload(folder, inputs, runtime: str) -> dict:
+    """The artifacts of `folder` run on the arrays of `inputs` (.npz) in a fresh process that cannot import
+    fcn_jax (nor jax, for the SavedModel and ONNX)."""
+    script = RELOAD.format(blocked=BLOCKED[runtime.removesuffix("_only")], runtime=runtime,
+                           load_runtime="onnxruntime" if runtime.startswith("onnx") else None)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
-    completed = subprocess.run([sys.executable, "-c", script, str(root / "exported"), str(root / "inputs.npz"),
-                                str(root / "outputs.npz")], capture_output=True, text=True, timeout=300,
-                               env=env, cwd=str(root))
+    outputs = folder.parent / f"outputs_{runtime}.npz"
+    completed = subprocess.run([sys.executable, "-c", script, str(folder), str(inputs), str(outputs)],
+                               capture_output=True, text=True, timeout=300, env=env, cwd=str(folder.parent))
     assert completed.returncode == 0, completed.stderr[-3000:]
-    with np.load(root / "outputs.npz") as outputs:
-        return dict(outputs)
+    with np.load(outputs) as loaded:
+        return dict(loaded)
 
 
-@pytest.mark.parametrize("saved_model", [False, True], ids=["stablehlo", "saved_model"])
-def test_a_fresh_process_without_fcn_jax_gets_predicts_outputs_on_every_size(exported, saved_model):
+@pytest.mark.parametrize("runtime", ["stablehlo", "saved_model", "onnx"])
+def test_a_fresh_process_without_fcn_jax_gets_predicts_outputs_on_every_size(exported, runtime):
     root, weights, params, images = exported
-    if not saved_model:
-        Image.fromarray(images["s0"][0]).save(root / "exported" / "photo.png")
-    outputs = _reload(root, saved_model)
+    Image.fromarray(images["s0"][0]).save(root / "exported" / "photo.png")
+    outputs = _reload(root / "exported", root / "inputs.npz", runtime)
     forward = forward_fn()
     network = infer_network.load_network(weights)
     for key, batch in images.items():
@@ -85,11 +94,52 @@ def test_a_fresh_process_without_fcn_jax_gets_predicts_outputs_on_every_size(exp
         np.testing.assert_allclose(outputs[f"{key}_logits"], expected, rtol=1e-5, atol=1e-4)
         masks = [mask for _, _, mask in Runner.of(network).masks(network.params, enumerate(batch))]
         np.testing.assert_array_equal(outputs[f"{key}_masks"], np.stack(masks))
-    if not saved_model:  # segment.py's PNG is predict's PNG
+    if runtime != "saved_model":  # segment.py's PNG is predict's PNG
         assert predict.main(["--weights", weights, "--input", str(root / "exported" / "photo.png"),
-                             "--output", str(root / "predicted")]) == 0
-        np.testing.assert_array_equal(np.asarray(Image.open(root / "exported" / "masks" / "photo.png")),
-                                      np.asarray(Image.open(root / "predicted" / "photo.png")))
+                             "--output", str(root / f"predicted_{runtime}")]) == 0
+        np.testing.assert_array_equal(np.asarray(Image.open(root / "exported" / f"masks_{runtime}" / "photo.png")),
+                                      np.asarray(Image.open(root / f"predicted_{runtime}" / "photo.png")))
+
+
+def _calibrated(model, params):
+    """params with the score layers scaled so that logits span about -10..10, as a trained model's do (random
+    weights give the ResNet logits of 60, one class everywhere), and its score bias centred."""
+    is_score = lambda path: any(str(getattr(p, "key", "")).startswith("score") for p in path)  # noqa: E731
+    probe = np.asarray(model.apply({"params": params}, np.random.default_rng(0).normal(size=(1, 40, 40, 3))))
+    if "classifier" in params:
+        params["classifier"]["score"]["bias"] = params["classifier"]["score"]["bias"] - probe.mean((0, 1, 2))
+        probe = probe - probe.mean((0, 1, 2))
+    factor = np.float32(10 / np.abs(probe).max())
+    return jax.tree_util.tree_map_with_path(lambda path, x: x * factor if is_score(path) else x, params)
+
+
+@pytest.mark.parametrize("kind", ["fcn32s_caffe", "resnet", "two_heads"])
+def test_onnx_of_other_geometries_models_and_heads_in_a_fresh_process(kind, tmp_path):
+    """Symbolic batch, height and width through the caffe crops of FCN-32s, the ResNet's pools, batch norm and
+    bilinear resize, and two score heads: onnxruntime alone gives the model's logits and masks."""
+    create = {"fcn32s_caffe": dict(variant="fcn32s", width=1 / 32, geometry="caffe"),
+              "resnet": dict(variant="fcn_resnet50", num_classes=4,
+                             resnet={"layers": (1, 1, 1, 1), "width_per_group": 8, "expansion": 1}),
+              "two_heads": dict(variant="fcn16s", num_classes=0, width=1 / 32, geometry="same",
+                                heads=(("sem", 5), ("geo", 3)))}[kind]
+    model = zoo.create_model(create.pop("variant"), **create)
+    rng = np.random.default_rng(5)
+    params = _calibrated(model, jax.tree.map(lambda x: x + rng.normal(size=x.shape).astype(np.float32) * 0.1,
+                                             zoo.param_template(model, jax.random.PRNGKey(1))))
+    mesh = parallel.create_mesh()
+    network = infer_network.Network(model, parallel.replicate(params, mesh), {"normalization": "imagenet_rgb"}, mesh)
+    heads = tuple((name, dataset_info.generic(k)) for name, k in network.heads)
+    meta = infer_export.write_artifacts(network, heads, str(tmp_path / "onnx"), formats=("onnx",))
+    assert meta["accepts"]["height"] == "any >= 1" and meta["versions"]["onnx_opset"] == 17
+    images = {f"s{i}": rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+              for i, shape in enumerate(((2, 37, 45), (1, 64, 48), (1, 19, 1)))}
+    np.savez(tmp_path / "inputs.npz", **images)
+    outputs = _reload(tmp_path / "onnx", tmp_path / "inputs.npz", "onnx_only")
+    for key, batch in images.items():
+        expected = np.asarray(model.apply({"params": params}, normalization.normalize(batch, "imagenet_rgb")))
+        np.testing.assert_allclose(outputs[f"{key}_logits"], expected, rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(outputs[f"{key}_masks"], steps.head_masks(expected, network.heads))
+    assert len(np.unique(outputs["s0_masks"])) > 1  # masks with several classes: argmax is tested
 
 
 def test_export_json_says_what_the_artifacts_accept(exported):
