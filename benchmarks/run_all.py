@@ -5,8 +5,8 @@
 Default: inference (16 cases), train_step (4 cases), compile, layers (caffe 500x500): about 15
 minutes on an idle 2-core CPU, longer when the machine is shared (the ratios stay comparable,
 the times do not). --quick: the headline cases only (a few minutes).
-Needs the bench venv (pip install -e ".[train,prepare,bench]": torch). upsample.py and input_pipeline.py are
-separate benchmarks and not run here.
+Needs the bench venv (pip install -e ".[train,prepare,bench]": torch). upsample.py, input_pipeline.py and
+onnx_runtime.py are separate benchmarks and not run here.
 """
 import argparse
 import subprocess
