@@ -224,8 +224,10 @@ def input_loop_case(size, batch, dtype, args) -> dict:
             return jax.block_until_ready(out)
         return run
 
-    stats = common.interleaved({"step_only": steps(False), "with_input": steps(True)}, warmup=1, reps=args.reps)
-    batches.close()
+    try:
+        stats = common.interleaved({"step_only": steps(False), "with_input": steps(True)}, warmup=1, reps=args.reps)
+    finally:
+        batches.close()
     for s in stats.values():
         s["images_per_s"] = round(batch * args.iters / s["median_s"], 2)
         s["spread_s"] = [min(s["times_s"]), max(s["times_s"])]

@@ -29,9 +29,15 @@ import tensorflow as tf
 
 from fcn_jax.core.constants import IGNORE_LABEL, VOC_NUM_CLASSES
 from fcn_jax.core.normalization import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, check_normalization
-from fcn_jax.data.examples import check_example, image_sizes
+from fcn_jax.data.examples import label_dims
+from fcn_jax.data.input_pipeline import (  # what has no TensorFlow in it is the package's
+    _check_process,
+    _num_examples,
+    eval_pad_size,
+    read_example,
+    stream_index,
+)
 
-EVAL_PAD_MULTIPLE = 32  # FCN output strides divide 32, so padded eval shapes stay aligned
 PREFETCH_BATCHES = 2  # batches read ahead while the accelerator computes
 tf.config.set_visible_devices([], "GPU")  # tf.data runs on the host: keep TF off the accelerators JAX uses
 
@@ -44,28 +50,12 @@ def normalize(image, mode: str) -> tf.Tensor:
     return (image / 255.0 - tf.constant(IMAGENET_MEAN, tf.float32)) / tf.constant(IMAGENET_STD, tf.float32)
 
 
-def stream_index(position, *, global_batch_size: int, process_index: int, process_count: int):
-    """Position in process p's local stream -> index k of the global stream (works on ints and tensors)."""
-    local = global_batch_size // process_count
-    return (position // local) * global_batch_size + process_index * local + position % local
-
-
 def shuffled_index(k: tf.Tensor, *, num_examples: int, seed: int) -> tf.Tensor:
     """Source index of stream element k: a fresh permutation of the source every epoch."""
     epoch = k // num_examples
     return tf.random.experimental.index_shuffle(
         k % num_examples, seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
         max_index=tf.constant(num_examples - 1, tf.int64))
-
-
-def label_dims(num_classes: int | tuple[int, ...]) -> list:
-    """Trailing label dims: none for one head, [heads] for several (one map a head)."""
-    return [len(num_classes)] if isinstance(num_classes, tuple) and len(num_classes) > 1 else []
-
-
-def read_example(source: Sequence[dict], index: int, num_classes: int | tuple[int, ...] = VOC_NUM_CLASSES):
-    """source[index] as (image, label, id), checked (data.examples.check_example)."""
-    return check_example(source[int(index)], num_classes)
 
 
 def _read_train(source, index, *, num_classes):
@@ -196,21 +186,6 @@ def train_dataset(source: Sequence[dict], *, global_batch_size: int, crop_size: 
     return dataset.batch(local_batch, drop_remainder=True).prefetch(PREFETCH_BATCHES).with_options(_options())
 
 
-def eval_pad_size(source: Sequence[dict]) -> tuple[int, int]:
-    """Smallest multiple of 32 covering every image of the split (one pass over the source)."""
-    _num_examples(source)  # an empty split is an error, not an empty max
-    shapes = np.array(image_sizes(source))
-    return tuple(int(-(-n // EVAL_PAD_MULTIPLE) * EVAL_PAD_MULTIPLE) for n in shapes.max(axis=0))
-
-
-def oversized_image(source: Sequence[dict], pad_size: tuple[int, int]) -> str | None:
-    """'<id> (HxW)' of the first image larger than pad_size, None if all fit: checked before training starts."""
-    for index, (height, width) in enumerate(image_sizes(source)):
-        if height > pad_size[0] or width > pad_size[1]:
-            return f"{source[index]['id']} ({height}x{width})"
-    return None
-
-
 def eval_dataset(source: Sequence[dict], *, batch_size: int, pad_size: tuple[int, int] | None = None,
                  normalization: str = "caffe_bgr", process_index: int = 0, process_count: int = 1,
                  num_classes: int | tuple[int, ...] = VOC_NUM_CLASSES) -> tf.data.Dataset:
@@ -241,17 +216,6 @@ def eval_dataset(source: Sequence[dict], *, batch_size: int, pad_size: tuple[int
 
     dataset = tf.data.Dataset.range(num_batches * batch_size).map(element, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(PREFETCH_BATCHES).with_options(_options())
-
-
-def _check_process(process_index: int, process_count: int) -> None:
-    if process_count <= 0 or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
-
-
-def _num_examples(source: Sequence[dict]) -> int:
-    if len(source) == 0:
-        raise ValueError("the source is empty")
-    return len(source)
 
 
 def _options() -> tf.data.Options:

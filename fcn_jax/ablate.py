@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     except (preemption.Stopped, KeyboardInterrupt) as stopped:  # SIGTERM / SIGINT: what finished is kept
         print(f"ablate: {preemption.stopped_message(stopped)}", file=sys.stderr)
         return preemption.EXIT_CODE
-    except (ValueError, OSError, FloatingPointError, RuntimeError) as error:  # SweepError, ConfigError, WorkdirError
+    except (ValueError, OSError, FloatingPointError, RuntimeError, ImportError) as error:  # SweepError, ConfigError
         print(f"error: {error}", file=sys.stderr)
         return 1
     if args.variant is None:

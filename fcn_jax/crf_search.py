@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     except (preemption.Stopped, KeyboardInterrupt) as stopped:
         print(f"crf_search: {preemption.stopped_message(stopped)}", file=sys.stderr)
         return preemption.EXIT_CODE
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, ImportError) as error:  # ImportError: preparing without TensorFlow
         print(f"error: {error}", file=sys.stderr)
         return 1
     held_out = result["held_out"]

@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         if args.figure:
             score_figures.confusion_figure(args.figure, result["confusion"], heads[0][1].classes,
                                            f"{description}: labelled (rows) against predicted, %")
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, ImportError) as error:  # ImportError: preparing without TensorFlow
         print(f"error: {error}", file=sys.stderr)
         return 1
     settings = network.settings

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                                           val_fraction=args.val_fraction, split_seed=args.split_seed,
                                           skip_bad_examples=args.skip_bad_examples)
         print(folder_builder.summary(prepared, progress=True))
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, ImportError) as error:  # ImportError: preparing without TensorFlow
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # SIGINT, or SIGTERM during the build (layouts.tfds_build)

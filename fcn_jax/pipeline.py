@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     except (preemption.Stopped, KeyboardInterrupt) as stopped:  # SIGTERM / SIGINT: finished stages are kept
         print(f"pipeline: {preemption.stopped_message(stopped)}", file=sys.stderr)
         return preemption.EXIT_CODE
-    except (ValueError, OSError, FloatingPointError) as error:  # ConfigError and SweepError are ValueErrors
+    except (ValueError, OSError, FloatingPointError, ImportError) as error:  # ConfigError, SweepError: ValueErrors
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {os.path.join(os.path.abspath(workdir), 'report.md')}")

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     except (preemption.Stopped, KeyboardInterrupt) as stopped:
         print(f"study: {preemption.stopped_message(stopped)}", file=sys.stderr)
         return preemption.EXIT_CODE
-    except (ValueError, OSError, FloatingPointError, RuntimeError) as error:
+    except (ValueError, OSError, FloatingPointError, RuntimeError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"lacking samples: {', '.join(result['lacking_samples']) or 'none'}; most suspect labels: "

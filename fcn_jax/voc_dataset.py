@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         builder = voc_builder.prepare(args.data_dir, args.manual_dir, skip_bad_examples=args.skip_bad_examples)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, ImportError) as error:  # ImportError: preparing without TensorFlow
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # SIGINT, or SIGTERM during the build (layouts.tfds_build)

@@ -18,19 +18,30 @@ from fcn_jax.core.constants import IGNORE_LABEL, VOC_NUM_CLASSES
 from fcn_jax.data import dataset_info, image_io, layouts
 
 
+def head_counts(num_classes: int | tuple[int, ...]) -> tuple[int, ...]:
+    """The class count of each score head: one count, or a sequence of them."""
+    return (int(num_classes),) if isinstance(num_classes, (int, np.integer)) else tuple(num_classes)
+
+
+def label_dims(num_classes: int | tuple[int, ...]) -> tuple[int, ...]:
+    """A label's dims after (H, W): none for one head, (heads,) for several (one map a head)."""
+    counts = head_counts(num_classes)
+    return (len(counts),) if len(counts) > 1 else ()
+
+
 def check_example(example: dict, num_classes: int | tuple[int, ...] = VOC_NUM_CLASSES
                   ) -> tuple[np.ndarray, np.ndarray, bytes]:
     """A source's example as (image, label, id), checked: a bad one fails here with its id, not deep in training.
 
     num_classes: one count, or a count per score head, whose labels are then (H, W, heads), one map a head.
     """
-    counts = (num_classes,) if isinstance(num_classes, int) else tuple(num_classes)
+    counts = head_counts(num_classes)
     image, label, example_id = example["image"], example["label"], example["id"]
     example_id = example_id if isinstance(example_id, bytes) else str(example_id).encode()
     name = example_id.decode(errors="replace")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"example {name!r}: image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
-    shape = image.shape[:2] + ((len(counts),) if len(counts) > 1 else ())
+    shape = image.shape[:2] + label_dims(counts)
     if label.dtype != np.uint8 or label.shape != shape:
         raise ValueError(f"example {name!r}: label must be uint8 {shape} like its image, "
                          f"got {label.dtype} {label.shape}")

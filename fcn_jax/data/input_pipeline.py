@@ -10,10 +10,10 @@ The stream is a pure function of (seed, step), so a checkpoint needs only the st
     permutation (data.stream_random.shuffled_index, seeded by (seed, e)): every epoch visits each example once.
   - Every random choice for element k (scale, crop offset, flip) comes from data.stream_random.uniform(seed, k).
   - Global batch t is elements [t*B, (t+1)*B); process p of P takes positions [p*B/P, (p+1)*B/P) of it.
-So `train_batches(..., start_step=s)` yields exactly the batches s + 1, s + 2, ... of an uninterrupted run, and P
-processes together see exactly what one process sees. Both draws are TensorFlow's (index_shuffle,
-stateless_uniform) bit for bit, and the arithmetic is tf.image.resize's, so the stream is the one the earlier
-tf.data pipeline gave (benchmarks/tf_data_reference.py checks it).
+So `train_batches(..., start_step=s)` yields exactly global batches s, s + 1, ... (training steps s + 1, s + 2, ...)
+of an uninterrupted run, and P processes together see exactly what one process sees. Both draws are TensorFlow's
+(index_shuffle, stateless_uniform) bit for bit, and the arithmetic is tf.image.resize's, so the stream is the one the
+earlier tf.data pipeline gave (tests/data/input_pipeline_test.py checks it against benchmarks/tf_data_reference.py).
 
 Padding (train crops smaller than crop_size, eval images) goes bottom/right: label 255, image 0 after normalisation.
 A bad example (label value outside 0..K-1/255, image/label size mismatch, image larger than an eval pad_size) raises
@@ -32,7 +32,7 @@ import numpy as np
 from fcn_jax.core.constants import IGNORE_LABEL, VOC_NUM_CLASSES
 from fcn_jax.core.normalization import check_normalization, normalize
 from fcn_jax.data import stream_random
-from fcn_jax.data.examples import check_example, image_sizes
+from fcn_jax.data.examples import check_example, image_sizes, label_dims
 
 EVAL_PAD_MULTIPLE = 32  # FCN output strides divide 32, so padded eval shapes stay aligned
 PREFETCH_BATCHES = 2  # batches read ahead while the accelerator computes
@@ -164,12 +164,13 @@ def train_batches(source: Sequence[dict], *, global_batch_size: int, crop_size: 
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     check_normalization(normalization)
+    _check_workers(workers)
 
-    label_dims = _label_dims(num_classes)
+    dims = label_dims(num_classes)
 
     def new_batch() -> dict:
         return {"image": np.empty((local_batch, *crop_size, 3), np.float32),
-                "label": np.empty((local_batch, *crop_size, *label_dims), np.int32)}
+                "label": np.empty((local_batch, *crop_size, *dims), np.int32)}
 
     def element(position: int, batch: dict, row: int) -> None:
         k = stream_index(position, global_batch_size=global_batch_size, process_index=process_index,
@@ -216,12 +217,13 @@ def eval_batches(source: Sequence[dict], *, batch_size: int, pad_size: tuple[int
     num_examples = _num_examples(source)
     pad_size = eval_pad_size(source) if pad_size is None else (int(pad_size[0]), int(pad_size[1]))
     check_normalization(normalization)
+    _check_workers(workers)
     num_batches = -(-num_examples // (batch_size * process_count))
-    label_dims = _label_dims(num_classes)
+    dims = label_dims(num_classes)
 
     def new_batch() -> dict:
         return {"image": np.empty((batch_size, *pad_size, 3), np.float32),
-                "label": np.empty((batch_size, *pad_size, *label_dims), np.int32),
+                "label": np.empty((batch_size, *pad_size, *dims), np.int32),
                 "id": np.full(batch_size, b"", object), "height": np.zeros(batch_size, np.int32),
                 "width": np.zeros(batch_size, np.int32)}
 
@@ -245,9 +247,9 @@ def _ordered_batches(element: Callable[[int, dict, int], None], positions, batch
                      new_batch: Callable[[], dict], workers: int | None) -> Iterator[dict]:
     """Batches of new_batch() whose row r element(position, batch, r) writes, for every batch_size positions, in
     order; a pool of threads works at most PREFETCH_BATCHES + 1 batches ahead. The arguments were checked by the
-    caller, so a bad example is the only error the iterator raises. The pool stops when the consumer does (pending
-    work is cancelled), so no thread outlives the iterator."""
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers or default_workers(),
+    caller: what the iterator raises is a read's error (a bad example's ValueError, a file's OSError), when its batch
+    is taken. The pool stops when the consumer does (pending work is cancelled), so no thread outlives the iterator."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers if workers else default_workers(),
                                                  thread_name_prefix="fcn_jax-input")
     pending = collections.deque()  # (batch, its rows' futures)
     positions = iter(positions)
@@ -269,9 +271,9 @@ def _ordered_batches(element: Callable[[int, dict, int], None], positions, batch
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _label_dims(num_classes: int | tuple[int, ...]) -> tuple[int, ...]:
-    """Trailing label dims: none for one head, (heads,) for several (one map a head)."""
-    return (len(num_classes),) if isinstance(num_classes, tuple) and len(num_classes) > 1 else ()
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise ValueError(f"reader threads must be >= 1 (None: the host's cores), got {workers}")
 
 
 def _check_process(process_index: int, process_count: int) -> None:

@@ -134,7 +134,10 @@ def tfds_build(version_dir: str):
     except ImportError:
         raise ImportError("preparing a dataset needs TensorFlow: pip install \".[prepare]\" (training from an "
                           "already prepared data_dir does not)") from None
-    tf.config.set_visible_devices([], "GPU")  # TF only writes the files; the accelerators stay JAX's
+    try:
+        tf.config.set_visible_devices([], "GPU")  # TF only writes the files; the accelerators stay JAX's
+    except RuntimeError:  # TF's runtime already started (with its devices): too late to hide them, harmless
+        pass
     remove_incomplete(version_dir)
     in_main = threading.current_thread() is threading.main_thread()
     take_sigterm = in_main and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

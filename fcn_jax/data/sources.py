@@ -4,7 +4,7 @@ Each `Source` says which builder reads it (the VOC + SBD builder, or the folder 
 and whether data.synthetic writes its files on first use. `describe` reads no data (class names, colours, label
 encodings, from the preset, the folder's classes.json or config.data.classes); `load` writes the synthetic data if
 asked, prepares the tfds dataset (process 0, the others wait) and returns the train and eval splits as sources
-(data.examples). TensorFlow is imported only when data is loaded.
+(data.examples). TensorFlow is imported only when a dataset is prepared (data.layouts.tfds_build).
 """
 from __future__ import annotations
 

@@ -35,8 +35,11 @@ def shuffled_index(k: int, *, num_examples: int, seed: int) -> int:
 
 @functools.lru_cache(maxsize=4)
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-    """index_shuffle of 0 .. N-1 for one epoch (computed once: the stream reads an epoch in order)."""
-    return index_shuffle(np.arange(num_examples, dtype=np.uint64), (seed, epoch), num_examples - 1)
+    """index_shuffle of 0 .. N-1 for one epoch (computed once: the stream reads an epoch in order; read-only, as
+    the cache shares it)."""
+    order = index_shuffle(np.arange(num_examples, dtype=np.uint64), (seed, epoch), num_examples - 1)
+    order.flags.writeable = False
+    return order
 
 
 def index_shuffle(index: np.ndarray, seed: tuple[int, int], max_index: int) -> np.ndarray:

@@ -105,7 +105,7 @@ def description(network: Network, heads: dataset_info.Heads, batch, size, format
         "heads": [{"name": name, "classes": list(info.classes), "palette": info.palette()[:info.num_classes].tolist()}
                   for name, info in heads],
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in network.settings.items()},
-        "formats": list(formats), "platforms": list(platforms),
+        "formats": list(formats), "platforms": list(platforms) if "stablehlo" in formats else [],
         "versions": {"jax": jax.__version__,
                      "calling_convention": exported.calling_convention_version if exported else None,
                      "onnx_opset": ONNX_OPSET if "onnx" in formats else None},
@@ -122,6 +122,10 @@ def write_artifacts(network, heads, output: str, *, batch=None, size=None, forma
         raise FileExistsError(f"--output {output} exists and is not an earlier export; give a new folder")
     if os.path.commonpath([os.path.realpath(os.getcwd()), os.path.realpath(output)]) == os.path.realpath(output):
         raise ValueError(f"--output {output} holds the current folder; export from outside it")
+    if "saved_model" in formats:  # what a format needs, before minutes of exporting the others
+        import tensorflow  # noqa: F401
+    if "onnx" in formats:
+        from fcn_jax.infer import onnx_export  # needs the onnx package: pip install ".[onnx]"
     segment, params = serving_function(network)
     spec = shape_spec(batch, size)
     os.makedirs(os.path.dirname(output), exist_ok=True)
@@ -134,8 +138,6 @@ def write_artifacts(network, heads, output: str, *, batch=None, size=None, forma
                 f.write(exported.serialize())
             np.savez(os.path.join(tmp, PARAMS_FILE), **{f"p{i}": x for i, x in enumerate(params)})
         if "onnx" in formats:
-            from fcn_jax.infer import onnx_export  # needs the onnx package: pip install ".[onnx]"
-
             with open(os.path.join(tmp, ONNX_FILE), "wb") as f:
                 f.write(onnx_export.to_onnx(segment, params, spec, opset=ONNX_OPSET).SerializeToString())
         if "stablehlo" in formats or "onnx" in formats:

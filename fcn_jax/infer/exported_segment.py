@@ -37,14 +37,14 @@ def default_runtime(folder: str) -> str:
 
 def load(folder: str = HERE, runtime: str | None = None):
     """run(images) -> (logits, masks) as NumPy arrays, by jax (model.jax_export + params.npz; each new image shape
-    compiles once) or onnxruntime (model.onnx, on the best provider it has)."""
+    compiles once) or onnxruntime (model.onnx, on CUDA where onnxruntime-gpu has it, else the CPU)."""
     if (runtime or default_runtime(folder)) == "onnxruntime":
-        import onnxruntime
-
         if not os.path.isfile(os.path.join(folder, "model.onnx")):
             raise FileNotFoundError(f"{folder} holds no model.onnx (export with --formats onnx)")
-        session = onnxruntime.InferenceSession(os.path.join(folder, "model.onnx"),
-                                               providers=onnxruntime.get_available_providers())
+        import onnxruntime
+
+        providers = [p for p in onnxruntime.get_available_providers() if p != "TensorrtExecutionProvider"]
+        session = onnxruntime.InferenceSession(os.path.join(folder, "model.onnx"), providers=providers)
         return lambda images: tuple(session.run(["logits", "masks"], {"images": np.asarray(images, np.uint8)}))
     import jax
     from jax import export

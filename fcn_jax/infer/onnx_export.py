@@ -33,9 +33,9 @@ _BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max",
            "le": "LessOrEqual", "atan2": "Atan2"}
 _UNARY = {"neg": "Neg", "abs": "Abs", "sqrt": "Sqrt", "exp": "Exp", "log": "Log", "tanh": "Tanh",
           "logistic": "Sigmoid", "floor": "Floor", "ceil": "Ceil", "sign": "Sign", "not": "Not", "erf": "Erf"}
-_ALIASES = ("stop_gradient", "copy", "copy_p", "optimization_barrier", "sharding_constraint")
-_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-          "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "remat": "jaxpr", "checkpoint": "jaxpr"}
+_ALIASES = ("stop_gradient", "copy", "optimization_barrier", "sharding_constraint")
+_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr",
+          "custom_vjp_call": "call_jaxpr", "remat2": "jaxpr"}  # remat2: jax.checkpoint
 
 
 def _onnx_type(dtype) -> int:
@@ -47,7 +47,11 @@ def _onnx_type(dtype) -> int:
 
 
 class Dim:
-    """A run-time dimension: an int64 [1] tensor, with the arithmetic DimExpr._evaluate applies to it."""
+    """A run-time dimension: an int64 [1] tensor, with the arithmetic DimExpr._evaluate applies to it (max / min
+    terms, e.g. clamped slice bounds, reach `max` / `min` through jax.core.max_dim, which takes it for a symbolic
+    dimension by its `dimension_as_value`)."""
+
+    dimension_as_value = True
 
     def __init__(self, conv: "Converter", name: str):
         self.conv, self.name = conv, name
@@ -74,7 +78,13 @@ class Dim:
     def __rdivmod__(self, other):
         return self.conv.divmod(self.conv.dim_name(other), self.name)
 
-    __radd__, __rmul__ = __add__, __mul__
+    def max(self, other):
+        return self._op("Max", other)
+
+    def min(self, other):
+        return self._op("Min", other)
+
+    __radd__, __rmul__, rmax, rmin = __add__, __mul__, max, min
 
 
 class _Names:
@@ -208,7 +218,8 @@ class Converter:
             return self.node(_UNARY[prim], n)
         handler = getattr(self, "p_" + prim, None)
         if handler is None:
-            raise NotImplementedError(f"ONNX export: no lowering for primitive {prim!r} ({eqn})")
+            raise NotImplementedError(f"ONNX export: no lowering for primitive {prim!r} (inputs "
+                                      f"{', '.join(str(v.aval) for v in eqn.invars)})")
         return handler(eqn, ins, n, **params)
 
     # ------------------------------------------------------------------ primitives
@@ -217,12 +228,6 @@ class Converter:
 
     def p_rsqrt(self, eqn, ins, n, **_):
         return self.node("Reciprocal", [self.node("Sqrt", n)])
-
-    def p_integer_pow(self, eqn, ins, n, y):
-        return self.node("Pow", [n[0], self.const(np.asarray(y, eqn.invars[0].aval.dtype))])
-
-    def p_square(self, eqn, ins, n):
-        return self.node("Mul", [n[0], n[0]])
 
     def p_convert_element_type(self, eqn, ins, n, new_dtype, **_):
         return self.node("Cast", n, to=_onnx_type(new_dtype))
@@ -247,9 +252,6 @@ class Converter:
 
     def p_squeeze(self, eqn, ins, n, dimensions):
         return self.node("Squeeze", [n[0], self.const(np.array(dimensions, np.int64))])
-
-    def p_expand_dims(self, eqn, ins, n, dimensions):
-        return self.node("Unsqueeze", [n[0], self.const(np.array(dimensions, np.int64))])
 
     def p_transpose(self, eqn, ins, n, permutation):
         return self.node("Transpose", n, perm=list(permutation))
@@ -330,9 +332,6 @@ class Converter:
     def p_reduce_max(self, eqn, ins, n, axes, **_):
         return self._reduce("ReduceMax", n, axes)
 
-    def p_reduce_min(self, eqn, ins, n, axes, **_):
-        return self._reduce("ReduceMin", n, axes)
-
     def p_reduce_sum(self, eqn, ins, n, axes, **_):
         return self._reduce("ReduceSum", n, axes)
 
@@ -379,7 +378,11 @@ def to_onnx(segment, params, spec: str = "(b, h, w, 3)", *, opset: int = 17,
     shape = export.symbolic_shape(spec)
     closed = jax.make_jaxpr(lambda images: segment(params, images))(jax.ShapeDtypeStruct(shape, jnp.uint8))
     conv = Converter(opset)
-    outs = conv.convert(closed, ["images"])
+    try:
+        outs = conv.convert(closed, ["images"])
+    except (TypeError, jax.errors.InconclusiveDimensionOperation) as error:  # a size the lowerings cannot compute
+        raise NotImplementedError(f"ONNX export: a size of this model is not computable at run time ("
+                                  f"{str(error).splitlines()[0]}); export with --size H W") from None
     graph_outs = []
     for value, var_aval, name in zip(outs, closed.out_avals, names):
         conv.nodes.append(helper.make_node("Identity", [conv.name(value)], [name]))

@@ -163,7 +163,7 @@ def _train(job: Job, cadence: Cadence, state, rng, start_step: int, manager, wri
     if start_step >= num_steps:
         return result
     compiled = watcher.run_interruptibly(lambda: compile_step(job, state, rng))
-    batches = job.batches(start_step)  # local to this call: its reader threads end with the loop
+    batches = job.batches(start_step)  # closed below: its reader threads end with the loop, also on an error
     progress = _progress(start_step, num_steps, name)
     last_good_step = manager.latest_step()
     window_start, window_images = time.time(), 0
@@ -217,6 +217,8 @@ def _train(job: Job, cadence: Cadence, state, rng, start_step: int, manager, wri
                 raise preemption.Preempted(watcher.signal_name or "SIGTERM", step, workdir, saved=True)
     finally:
         progress.close()
+        if hasattr(batches, "close"):
+            batches.close()
     return result
 
 

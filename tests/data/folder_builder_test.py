@@ -287,3 +287,26 @@ def test_a_build_after_a_killed_one_removes_its_incomplete_folder(tmp_path, capl
     assert sorted(os.listdir(data_dir / "fcn_folder" / "folder")) == ["1.0.0"]
     assert f"removed {left}, left by an interrupted build" in [r.getMessage() for r in caplog.records]
     assert prepared.info.splits["train"].num_examples == 2
+
+
+def test_without_tensorflow_preparing_is_one_error_line_and_a_prepared_dataset_reads(tmp_path):
+    """The GPU / TPU images: `.[train]` without TensorFlow reads what was prepared where TensorFlow was."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    manual = data_synthetic.write_synthetic_folder(str(tmp_path / "shapes"), num_train=4, num_val=2)
+    command = [sys.executable, "-m", "tests.no_tensorflow", "fcn_jax.folder_dataset", "--manual_dir", manual,
+               "--data_dir", str(tmp_path / "tfds")]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        'error: preparing a dataset needs TensorFlow: pip install ".[prepare]" (training from an already prepared '
+        'data_dir does not)')
+    assert "Traceback" not in refused.stderr
+    folder_builder.prepare(str(tmp_path / "tfds"), manual)  # here TensorFlow is importable
+    read = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    assert read.returncode == 0, read.stderr[-2000:]
+    assert ["images", "4", "2"] in [line.split() for line in read.stdout.splitlines()]  # the train and val counts

@@ -39,12 +39,11 @@ RELOAD = textwrap.dedent("""
     else:
         sys.path.insert(0, folder)
         import segment
-        run = segment.load(folder, {load_runtime!r})
+        run = segment.load(folder)  # the default runtime: jax if its artifact is there and imports, else onnxruntime
         out = {{f"{{k}}_{{name}}": value
                for k in images.files for name, value in zip(("logits", "masks"), run(images[k]))}}
         if {runtime!r} != "onnx_only":
-            assert segment.main([folder + "/photo.png", "--output", folder + "/masks_" + {runtime!r}]
-                                + ["--runtime", "onnxruntime"] * ({runtime!r} == "onnx")) == 0
+            assert segment.main([folder + "/photo.png", "--output", folder + "/masks_" + {runtime!r}]) == 0
     np.savez(outputs, **out)
     print("reloaded")
 """)
@@ -70,8 +69,7 @@ BLOCKED = {"stablehlo": ("fcn_jax", "tensorflow"), "saved_model": ("fcn_jax", "j
 def _reload(folder, inputs, runtime: str) -> dict:
     """The artifacts of `folder` run on the arrays of `inputs` (.npz) in a fresh process that cannot import
     fcn_jax (nor jax, for the SavedModel and ONNX)."""
-    script = RELOAD.format(blocked=BLOCKED[runtime.removesuffix("_only")], runtime=runtime,
-                           load_runtime="onnxruntime" if runtime.startswith("onnx") else None)
+    script = RELOAD.format(blocked=BLOCKED[runtime.removesuffix("_only")], runtime=runtime)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
     outputs = folder.parent / f"outputs_{runtime}.npz"
     completed = subprocess.run([sys.executable, "-c", script, str(folder), str(inputs), str(outputs)],
@@ -148,8 +146,20 @@ def test_export_json_says_what_the_artifacts_accept(exported):
     assert meta["accepts"] == {"batch": "any >= 1", "height": "any >= 1", "width": "any >= 1"}
     assert meta["outputs"]["logits"] == "float32 (batch, height, width, 21)"
     assert meta["heads"][0]["classes"][15] == "person" and meta["heads"][0]["palette"][1] == [128, 0, 0]
-    assert {"dataset.json", "export.json", "model.jax_export", "params.npz", "saved_model", "segment.py"} <= set(
-        os.listdir(root / "exported"))
+    assert {"dataset.json", "export.json", "model.jax_export", "params.npz", "saved_model", "segment.py",
+            "model.onnx"} <= set(os.listdir(root / "exported"))
+    assert meta["versions"]["onnx_opset"] == 17 and meta["formats"] == ["stablehlo", "saved_model", "onnx"]
+
+
+def test_export_without_the_onnx_package_is_one_line_naming_the_extra(exported, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.delitem(sys.modules, "fcn_jax.infer.onnx_export", raising=False)
+    import fcn_jax.infer
+
+    monkeypatch.delattr(fcn_jax.infer, "onnx_export", raising=False)  # so that it is imported again, and fails
+    assert export.main(["--weights", exported[1], "--output", str(tmp_path / "onnx"), "--formats", "onnx"]) == 1
+    assert capsys.readouterr().err.strip().endswith('(--formats onnx needs the onnx package: pip install ".[onnx]")')
+    assert not (tmp_path / "onnx").exists()
 
 
 def test_fixed_sizes_and_several_heads(tmp_path):
