@@ -276,6 +276,12 @@ def test_reader_threads_end_with_the_iterator():
     assert threading.active_count() == before
     list(input_pipeline.eval_batches(source, batch_size=2, workers=3))  # run to the end
     assert threading.active_count() == before
+    source[3]["label"][0, 0] = 99
+    with pytest.raises(ValueError, match="label values"):  # a bad example mid-stream ends the readers too
+        list(train(source, workers=3, num_steps=6))
+    assert threading.active_count() == before
+    with pytest.raises(ValueError, match=r"^reader threads must be >= 1 \(None: the host's cores\), got 0$"):
+        train(source, workers=0)
 
 
 # ----------------------------------------------------------------------------- the earlier tf.data stream
