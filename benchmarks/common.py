@@ -145,7 +145,7 @@ def compare_to_torch(stats: dict, images: int, flops: float | None, matmul_gflop
         s["gflops_per_s"] = round(flops / s["median_s"] / 1e9, 1) if flops else None
         if flops and matmul_gflops:
             s["fraction_of_matmul_rate"] = round(s["gflops_per_s"] / matmul_gflops, 3)
-    torch_names = [n for n in stats if n != "fcn_jax"]
+    torch_names = [n for n in stats if n.startswith("torch")]
     baseline = min(torch_names, key=lambda n: stats[n]["median_s"])
     return dict(torch_baseline=baseline, ratio_fcn_jax_over_torch=ratios(stats, "fcn_jax", baseline),
                 ratios_vs_each_torch={n: ratios(stats, "fcn_jax", n) for n in torch_names},

@@ -7,7 +7,7 @@ On an H200 a full-size case takes about a minute (XLA's autotuned compile of 2-6
 call of up to 20 s, the timed rounds), so the default budget covers the first four or five cases.
 
 Runs where only jax (CUDA), flax, optax, orbax-checkpoint, numpy and torch (CUDA) are installed: it imports
-fcn_jax.models, fcn_jax.train.step, fcn_jax.train.xla_options, fcn_jax.data.input_pipeline and benchmarks.torch_fcn,
+fcn_jax.models, fcn_jax.train.step, fcn_jax.core.xla_options, fcn_jax.data.input_pipeline and benchmarks.torch_fcn,
 never TensorFlow,
 tensorflow-datasets or ml_collections.
 Cases (in this order, the goal's first; the rest are skipped, and listed as skipped, once --budget_s is spent):
@@ -41,8 +41,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from fcn_jax.core import xla_options  # noqa: E402
 from fcn_jax.models import zoo  # noqa: E402
-from fcn_jax.train import step, xla_options  # noqa: E402
+from fcn_jax.train import step  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L4": 121.0}  # dense, datasheets
 GEOMETRY_OF_SIZE = {512: "same", 500: "caffe"}

@@ -19,6 +19,7 @@ import torch
 
 from benchmarks import common
 from benchmarks.torch_fcn import FORMATS, TorchFCN, load_fcn_jax_params
+from fcn_jax.core import xla_options
 from fcn_jax.models import zoo
 
 MODEL_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -51,12 +52,14 @@ QUICK_CASES = (
 )
 
 
-def jax_forward(variant, geometry, dtype, params, images, compiler_options=None):
-    """(blocking forward fn, compile seconds, FLOPs, the compiled forward) of the jitted fcn_jax forward pass."""
-    model = zoo.create_model(variant, geometry=geometry, dtype=MODEL_DTYPES[dtype])
+def jax_forward(variant, geometry, dtype, params, images, compiler_options=None, winograd_tile=4):
+    """(blocking forward fn, compile seconds, FLOPs executed, the compiled forward) of the jitted fcn_jax forward;
+    winograd_tile 0: every convolution direct (the network's nominal FLOPs)."""
+    model = zoo.create_model(variant, geometry=geometry, dtype=MODEL_DTYPES[dtype], winograd_tile=winograd_tile)
     params, images = jax.device_put(params), jax.device_put(images)
     start = time.perf_counter()
-    compiled = jax.jit(lambda p, x: model.apply({"params": p}, x), compiler_options=compiler_options).lower(
+    options = xla_options.inference() if compiler_options is None else compiler_options  # as infer.steps compiles
+    compiled = jax.jit(lambda p, x: model.apply({"params": p}, x), compiler_options=options).lower(
         params, images).compile()
     compile_s = time.perf_counter() - start
     return (lambda: jax.block_until_ready(compiled(params, images))), compile_s, common.compiled_flops(compiled), \
@@ -76,26 +79,33 @@ def torch_forward(variant, geometry, dtype, params, images, memory_format):
 
 
 def run_case(variant, geometry, size, batch, dtype, reps, formats, matmul_gflops=None):
-    """One row of the report: equality, times, ratios, FLOP/s, memory."""
+    """One row of the report: equality, times, ratios, FLOP/s, memory. fcn_jax runs as configured by default
+    (Winograd F(4x4, 3x3) where it pays) and with direct convolutions only (fcn_jax_direct); FLOP/s are of the
+    direct network's FLOPs for every side, the FLOPs fcn_jax executes are `gflop_executed`."""
     images = common.random_images((batch, size, size, 3))
     params = common.random_params(zoo.create_model(variant, geometry=geometry), images.shape)
     fns = {}
-    fns["fcn_jax"], compile_s, flops = jax_forward(variant, geometry, dtype, params, images)[:3]
+    fns["fcn_jax"], compile_s, executed = jax_forward(variant, geometry, dtype, params, images)[:3]
+    fns["fcn_jax_direct"], _, flops = jax_forward(variant, geometry, dtype, params, images, winograd_tile=0)[:3]
     for name in formats:
         fns[f"torch_{name}"] = torch_forward(variant, geometry, dtype, params, images, FORMATS[name])
     reference = np.asarray(fns["fcn_jax"]())  # first calls: equality check and warm-up
     errors = {}
     for name in fns:
         if name != "fcn_jax":
-            out = fns[name]().float().numpy().transpose(0, 2, 3, 1)
+            out = fns[name]()
+            out = np.asarray(out) if name == "fcn_jax_direct" else out.float().numpy().transpose(0, 2, 3, 1)
             errors[name] = common.relative_error(reference, out)
             if errors[name] > TOLERANCE[dtype]:
                 raise AssertionError(f"{variant}/{geometry}/{size}/b{batch}/{dtype}: fcn_jax and {name} differ "
                                      f"(relative error {errors[name]:.2e} > {TOLERANCE[dtype]})")
     stats = common.interleaved(fns, warmup=0, reps=reps)
     return dict(variant=variant, geometry=geometry, size=size, batch=batch, dtype=dtype, reps=reps,
-                gflop_per_forward=round(flops / 1e9, 2) if flops else None, jax_compile_s=round(compile_s, 2),
-                relative_error_vs_fcn_jax=errors, **common.compare_to_torch(stats, batch, flops, matmul_gflops))
+                gflop_per_forward=round(flops / 1e9, 2) if flops else None,
+                gflop_executed=round(executed / 1e9, 2) if executed else None, jax_compile_s=round(compile_s, 2),
+                relative_error_vs_fcn_jax=errors,
+                winograd_over_direct=common.ratios(stats, "fcn_jax", "fcn_jax_direct"),
+                **common.compare_to_torch(stats, batch, flops, matmul_gflops))
 
 
 def print_row(row):
@@ -103,7 +113,8 @@ def print_row(row):
     torch_s = s[row["torch_baseline"]]
     print(f"{row['variant']:13s} {row['geometry']:5s} {row['size']:4d} b{row['batch']} {row['dtype']}  "
           f"fcn_jax {s['fcn_jax']['median_s']:7.3f} s  {row['torch_baseline']} {torch_s['median_s']:7.3f} s  "
-          f"ratio {r['median']:.3f} (min {r['min']:.3f})  jax {s['fcn_jax']['gflops_per_s']} GFLOP/s  "
+          f"ratio {r['median']:.3f} (min {r['min']:.3f})  direct {s['fcn_jax_direct']['median_s']:7.3f} s  "
+          f"jax {s['fcn_jax']['gflops_per_s']} GFLOP/s  "
           f"err {max(row['relative_error_vs_fcn_jax'].values()):.1e}", flush=True)
 
 

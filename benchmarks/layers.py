@@ -3,8 +3,10 @@
 Answers "where does the time go" layer by layer, at the input shapes of a given image size and
 geometry. jax forms: `conv` (lax.conv_general_dilated, what flax nn.Conv emits) and, for fc6,
 `gemm` (the 7x7 window gathered by 49 shifted slices, then one matrix product): XLA:CPU runs
-the 7x7 conv on a tiny map (10x10 at 500x500 caffe) far below its GEMM speed. Every form is
-checked against the `conv` form (relative error <= 1e-4) before timing.
+the 7x7 conv on a tiny map (10x10 at 500x500 caffe) far below its GEMM speed; for the 3x3 convs `winograd2` and
+`winograd4` (models.winograd: F(2x2, 3x3) / F(4x4, 3x3), input gradient the same way, kernel gradient one matmul
+per tap), whose rows show where Winograd pays. Every form is checked against the `conv` form (relative error
+<= 1e-4) before timing.
 
   python -m benchmarks.layers [--size 500] [--geometry caffe] [--reps 3] [--out benchmarks/results/layers.json]
 """
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from jax import lax
 
 from benchmarks import common
-from fcn_jax.models import vgg
+from fcn_jax.models import vgg, winograd
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -54,8 +56,12 @@ def gemm(x, k, pad):
     return (patches.reshape(-1, size * size * c) @ k.reshape(size * size * c, -1)).reshape(n, ho, wo, -1)
 
 
+def winograd_form(m):
+    return lambda x, k, pad: winograd.conv(x, k, (1, 1), [(pad, pad)] * 2, dimension_numbers=_DN, m=m)
+
+
 def jax_fns(form, x, k, pad):
-    f = {"conv": conv, "gemm": gemm}[form]
+    f = {"conv": conv, "gemm": gemm, "winograd2": winograd_form(2), "winograd4": winograd_form(4)}[form]
     forward = jax.jit(lambda x, k: f(x, k, pad))
     grads = jax.jit(jax.grad(lambda x, k: jnp.sum(f(x, k, pad) ** 2) * 0.5, argnums=(0, 1)))
     return (lambda: jax.block_until_ready(forward(x, k)), lambda: jax.block_until_ready(grads(x, k)))
@@ -83,7 +89,7 @@ def run_layer(name, shape, ksize, pad, cout, reps):
     x = rng.normal(size=(1, *shape)).astype(np.float32)
     k = (rng.normal(size=(ksize, ksize, shape[2], cout)) * np.sqrt(2 / (ksize * ksize * shape[2]))).astype(np.float32)
     xj, kj = jnp.asarray(x), jnp.asarray(k)
-    forms = ("conv", "gemm") if name == "fc6" else ("conv",)
+    forms = ("conv", "gemm") if name == "fc6" else ("conv", "winograd2", "winograd4") if ksize == 3 else ("conv",)
     fns = {f"jax_{form}": jax_fns(form, xj, kj, pad) for form in forms}
     fns["torch_channels_last"] = torch_fns(x, k, pad, torch.channels_last)
     fns["torch_nchw"] = torch_fns(x, k, pad, torch.contiguous_format)

@@ -1,6 +1,8 @@
-"""A/B of VGG16's CPU matmul forms on the reference training step: fcn_jax as it runs (3x3 kernel gradients one
-matmul per tap, conv_forms.tap_conv; fc6 as one im2col matmul, conv_forms.im2col_conv; no gradient for the frozen
-upsampling) against fcn_jax with XLA's own convolutions everywhere, with torch's step as the yardstick; writes JSON.
+"""A/B of VGG16's CPU convolution forms on the reference training step: fcn_jax as it runs (Winograd F(4x4, 3x3)
+for the 3x3 convolutions with >= 128 inputs, models.winograd; 3x3 kernel gradients one matmul per tap,
+conv_forms.tap_conv; fc6 as one im2col matmul, conv_forms.im2col_conv; no gradient for the frozen upsampling)
+against the same without Winograd (fcn_jax_direct), with torch's step as the yardstick; writes JSON. FLOP/s are of
+the direct network's FLOPs for every side; `gflop_executed` is what fcn_jax's compiled step executes.
 
 The reference recipe's step (benchmarks/train_step.py: SGD momentum 0.99, summed loss, dropout 0.5, frozen
 upsampling); the same weights and batch for all three; calls alternate for --reps rounds after a warm-up. Both
@@ -17,10 +19,10 @@ from benchmarks.train_step import make_batch, make_config, torch_step
 from fcn_jax.models import zoo
 
 
-def jax_step(config, params, batch, matmul_forms: bool):
+def jax_step(config, params, batch, matmul_forms: bool, winograd_tile: int = 4):
     model = zoo.create_model(config.model.variant, geometry=config.model.geometry,
-                                dropout_rate=config.model.dropout_rate, tap_kernel_grads=matmul_forms,
-                                fc6_im2col=matmul_forms)
+                             dropout_rate=config.model.dropout_rate, tap_kernel_grads=matmul_forms,
+                             fc6_im2col=matmul_forms, winograd_tile=winograd_tile)
     return train_step.jax_step(config, params, batch, model)[:3]
 
 
@@ -29,16 +31,17 @@ def run_case(geometry: str, size: int, batch_size: int, reps: int, matmul_gflops
     batch = make_batch(batch_size, size)
     params = common.random_params(zoo.create_model("fcn8s", geometry=geometry), batch["image"].shape)
     fns, compile_s = {}, {}
-    fns["fcn_jax"], compile_s["fcn_jax"], flops = jax_step(config, params, batch, True)
-    fns["fcn_jax_xla_convs"], compile_s["fcn_jax_xla_convs"], _ = jax_step(config, params, batch, False)
+    fns["fcn_jax"], compile_s["fcn_jax"], executed = jax_step(config, params, batch, True)
+    fns["fcn_jax_direct"], compile_s["fcn_jax_direct"], flops = jax_step(config, params, batch, True, 0)
     fns["torch_channels_last"] = torch_step(config, params, batch, FORMATS["channels_last"])[0]
     forwards = {"fcn_jax_forward": inference.jax_forward("fcn8s", geometry, "fp32", params, batch["image"])[0],
                 "torch_forward": inference.torch_forward("fcn8s", geometry, "fp32", params, batch["image"],
                                                          FORMATS["channels_last"])}
     stats = common.interleaved({**fns, **forwards}, warmup=1, reps=reps)
     return dict(geometry=geometry, size=size, batch=batch_size, reps=reps, jax_compile_s=compile_s,
-                matmul_forms_over_xla_convs=common.ratios(stats, "fcn_jax", "fcn_jax_xla_convs"),
-                xla_convs_over_torch=common.ratios(stats, "fcn_jax_xla_convs", "torch_channels_last"),
+                gflop_per_step=round(flops / 1e9, 2), gflop_executed=round(executed / 1e9, 2),
+                winograd_over_direct=common.ratios(stats, "fcn_jax", "fcn_jax_direct"),
+                direct_over_torch=common.ratios(stats, "fcn_jax_direct", "torch_channels_last"),
                 split=split(stats),
                 **common.compare_to_torch({k: stats[k] for k in ("fcn_jax", "torch_channels_last")}, batch_size,
                                           flops, matmul_gflops), all_stats=stats)
@@ -67,8 +70,8 @@ def main(argv=None) -> None:
         geometry, size, batch = case.split(":")
         row = run_case(geometry, int(size), int(batch), args.reps, report["matmul_gflops_per_s"])
         report["results"].append(row)
-        print(case, "forms/xla", row["matmul_forms_over_xla_convs"], "fcn_jax/torch", row["ratio_fcn_jax_over_torch"],
-              "xla/torch", row["xla_convs_over_torch"], "split", row["split"], flush=True)
+        print(case, "winograd/direct", row["winograd_over_direct"], "fcn_jax/torch", row["ratio_fcn_jax_over_torch"],
+              "direct/torch", row["direct_over_torch"], "split", row["split"], flush=True)
         common.write_report("matmul_forms", report, args.out)
 
 

@@ -2,7 +2,9 @@
 
 The same random weights and batch-norm statistics in both (torchvision's state_dict imported through
 fcn_jax.weights.torchvision_resnet), outputs checked equal (relative 1e-4) before timing, eval mode, fp32, calls
-alternating for --reps rounds (benchmarks.common.interleaved). Needs torch and torchvision (no TensorFlow):
+alternating for --reps rounds (benchmarks.common.interleaved); fcn_jax as configured (Winograd F(4x4, 3x3) for the
+3x3 convolutions with >= 128 inputs) and with direct convolutions only (fcn_jax_direct, whose FLOPs the FLOP/s are
+of). Needs torch and torchvision (no TensorFlow):
 
     python3 -m venv /tmp/tvvenv && /tmp/tvvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 -e .
     /tmp/tvvenv/bin/python -m benchmarks.resnet [--variants fcn_resnet50] [--size 500] [--reps 5]
@@ -34,8 +36,12 @@ def run_case(variant: str, size: int, batch: int, reps: int) -> dict:
     params, _ = merge.merge_params(zoo.param_template(model), torchvision_resnet.to_params(state))
     images = np.random.default_rng(1).normal(size=(batch, size, size, 3)).astype(np.float32)
     params, x = jax.device_put(params), jax.device_put(images)
-    compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile()
-    fns = {"fcn_jax": lambda: jax.block_until_ready(compiled(params, x))}
+    fns, flops = {}, {}
+    for name, tile in (("fcn_jax", 4), ("fcn_jax_direct", 0)):
+        net = zoo.create_model(variant, num_classes=21, winograd_tile=tile)
+        compiled = jax.jit(lambda p, x, net=net: net.apply({"params": p}, x)).lower(params, x).compile()
+        fns[name] = lambda c=compiled: jax.block_until_ready(c(params, x))
+        flops[name] = common.compiled_flops(compiled)
     for name, memory_format in (("torch_contiguous", torch.contiguous_format), ("torch_channels_last",
                                                                                   torch.channels_last)):
         net = reference.to(memory_format=memory_format)
@@ -47,12 +53,16 @@ def run_case(variant: str, size: int, batch: int, reps: int) -> dict:
 
         fns[name] = run
     ours = np.asarray(fns["fcn_jax"]())
-    errors = {n: common.relative_error(ours, fns[n]().numpy().transpose(0, 2, 3, 1)) for n in fns if n != "fcn_jax"}
+    errors = {n: common.relative_error(ours, fns[n]().numpy().transpose(0, 2, 3, 1)) for n in fns if n.startswith("t")}
+    errors["fcn_jax_direct"] = common.relative_error(ours, np.asarray(fns["fcn_jax_direct"]()))
     if max(errors.values()) > 1e-4:
         raise AssertionError(f"{variant}: fcn_jax and torchvision differ ({errors})")
     stats = common.interleaved(fns, warmup=1, reps=reps)
     return dict(variant=variant, size=size, batch=batch, reps=reps, relative_error_vs_fcn_jax=errors,
-                **common.compare_to_torch(stats, batch, common.compiled_flops(compiled)))
+                gflop_per_forward=round(flops["fcn_jax_direct"] / 1e9, 2),
+                gflop_executed=round(flops["fcn_jax"] / 1e9, 2),
+                winograd_over_direct=common.ratios(stats, "fcn_jax", "fcn_jax_direct"),
+                **common.compare_to_torch(stats, batch, flops["fcn_jax_direct"]))
 
 
 def main(argv=None) -> None:

@@ -1,4 +1,4 @@
-"""A/B of XLA:CPU's instruction schedulers (fcn_jax/xla_options.py): an fp32 FCN's training step (the reference
+"""A/B of XLA:CPU's instruction schedulers (fcn_jax/core/xla_options.py): an fp32 FCN's training step (the reference
 recipe of benchmarks/train_step.py: SGD momentum 0.99, summed loss, dropout 0.5; FCN-8s unless --variant) and
 inference forward, each compiled with the default scheduler and with xla_options.CPU_TRAINING_OPTIONS; time, peak
 RSS rise and XLA's temp buffer of each; writes JSON.
@@ -12,8 +12,8 @@ The same weights and batch for both; calls alternate for --reps rounds after a w
 import argparse
 
 from benchmarks import common, inference, train_step
+from fcn_jax.core import xla_options
 from fcn_jax.models import zoo
-from fcn_jax.train import xla_options
 
 SCHEDULERS = {"default": {}, "memory_optimised": xla_options.CPU_TRAINING_OPTIONS}
 

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from benchmarks import common
 from benchmarks.torch_fcn import FORMATS, TorchFCN, load_fcn_jax_params
 from experiments import base
+from fcn_jax.core import xla_options
 from fcn_jax.models import vgg, zoo
 from fcn_jax.train import step as step_module
-from fcn_jax.train import xla_options
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # (variant, geometry, crop size, batch, dtype, reps): the reference recipe is 500x500 batch 1.

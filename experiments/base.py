@@ -31,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.width = 1.0                # channel multiplier of the VGG16 backbone
     config.model.dropout_rate = 0.5
     config.model.dtype = "float32"          # compute dtype: float32 | bfloat16 (params stay float32)
+    config.model.winograd_tile = 4          # 3x3 convs by Winograd F(4x4, 3x3) | 2: F(2x2) | 0: direct (fp32, CPU)
+    config.model.winograd_min_channels = 128  # ... those with at least this many input channels
     config.model.learnable_upsample = False  # reference: bilinear deconvolutions frozen (lr 0)
     config.model.heads = ()                 # () = one head; ((name, classes), ...): several (SIFT Flow, from data)
     config.model.crf = crf_config()          # enabled: CRF-as-RNN after the FCN, trained end to end (docs/crf.md)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from fcn_jax.core import losses, metrics, parallel
+from fcn_jax.core import losses, metrics, parallel, xla_options
 
 
 def _suffix(index: int, name: str) -> str:
@@ -69,7 +69,8 @@ class CompiledSteps:
     """
 
     def __init__(self, step: Callable, mesh: Mesh, out_shardings):
-        self._jitted = jax.jit(step, out_shardings=out_shardings)
+        self._jitted = jax.jit(step, out_shardings=out_shardings,
+                               compiler_options=xla_options.inference(mesh.devices.flat[0].platform))
         self.mesh = mesh
         self._compiled: dict[tuple, Any] = {}
         self.compile_s = self.run_s = 0.0

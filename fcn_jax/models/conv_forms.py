@@ -11,11 +11,11 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def _tap_kernel_grad(x, g, kernel_shape, padding):
+def tap_kernel_grad(x, g, kernel_shape, padding):
     """d loss / d kernel of a stride-1 NHWC/HWIO convolution: for each tap (i, j), the sum over n, h, w of
     x_padded[n, h + i, w + j]^T g[n, h, w], one matmul per tap. XLA:CPU's own kernel gradient of a 3x3 conv on a
     large map runs several times slower (docs/benchmarks_history.md, "Where the time goes")."""
-    xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))  # < 0: crop
     (kh, kw), (ho, wo) = kernel_shape[:2], g.shape[1:3]
     g2 = g.reshape(-1, g.shape[-1])
 
@@ -26,7 +26,7 @@ def _tap_kernel_grad(x, g, kernel_shape, padding):
     return lax.map(tap, jnp.arange(kh * kw)).reshape(kh, kw, x.shape[-1], g.shape[-1])
 
 
-def _cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+def cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                       feature_group_count) -> bool:
     """True for an ungrouped, undilated, stride-1 NHWC/HWIO convolution with explicit padding on the CPU backend:
     the convolutions whose matmul forms (tap_conv, im2col_conv) were measured faster there."""
@@ -44,13 +44,13 @@ def _plain_and_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dila
                               lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                               dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
                               precision=precision, **kwargs)
-    return plain, _cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+    return plain, cpu_stride1_nhwc(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count)
 
 
 def tap_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
              feature_group_count=1, precision=None, **kwargs):
-    """lax.conv_general_dilated with the kernel gradient of `_tap_kernel_grad` (forward and input gradient are
+    """lax.conv_general_dilated with the kernel gradient of `tap_kernel_grad` (forward and input gradient are
     XLA's), on the CPU backend, where it was measured faster (docs/benchmarks.md); VGG16's stride-1 convolutions use it.
     Other backends and any other convolution get lax.conv_general_dilated unchanged."""
     plain, applies = _plain_and_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
@@ -68,7 +68,7 @@ def tap_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
     def backward(residuals, g):
         x, kernel = residuals
         (dx,) = jax.vjp(lambda x_: plain(x_, kernel), x)[1](g)
-        return dx, _tap_kernel_grad(x, g, kernel.shape, padding).astype(kernel.dtype)
+        return dx, tap_kernel_grad(x, g, kernel.shape, padding).astype(kernel.dtype)
 
     conv.defvjp(forward, backward)
     return conv(lhs, rhs)

@@ -115,6 +115,8 @@ class FCN(nn.Module):
     heads: tuple[tuple[str, int], ...] = ()
     tap_kernel_grads: bool = True  # VGG16's CPU matmul forms: the same values, faster
     fc6_im2col: bool = True
+    winograd_tile: int = 4  # 3x3 convs with >= winograd_min_channels inputs by F(tile x tile, 3x3); 0: none
+    winograd_min_channels: int = 128
 
     def _score(self, name, x, num_classes):
         conv = nn.Conv(num_classes, (1, 1), kernel_init=nn.initializers.zeros,
@@ -144,7 +146,8 @@ class FCN(nn.Module):
             raise ValueError(f"FCN expects images of shape (N, H, W, 3), got {images.shape}")
         offsets = crop_offsets(self.geometry, self.skips)
         feats = vgg.VGG16(self.geometry, self.width, self.dropout_rate, self.dtype, self.tap_kernel_grads,
-                          self.fc6_im2col, name="backbone")(images, train)
+                          self.fc6_im2col, self.winograd_tile, self.winograd_min_channels,
+                          name="backbone")(images, train)
         heads = [(f"_{name}", classes) for name, classes in self.heads] or [("", self.num_classes)]
         outs = [self._head(feats, suffix, classes, offsets, images.shape[1:3]) for suffix, classes in heads]
         return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)

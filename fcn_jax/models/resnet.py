@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fcn_jax.models import winograd
+
 DEPTHS = {"fcn_resnet50": (3, 4, 6, 3), "fcn_resnet101": (3, 4, 23, 3)}
 BATCH_NORMS = ("frozen", "sync")
 BN_MOMENTUM, BN_EPS = 0.1, 1e-5
@@ -69,6 +71,7 @@ class Bottleneck(nn.Module):
     expansion: int
     batch_stats: bool
     dtype: Any
+    winograd: tuple[int, int] = (0, 0)  # (tile, min_channels) of the 3x3 convs (models.winograd.form)
 
     @nn.compact
     def __call__(self, x):
@@ -76,9 +79,10 @@ class Bottleneck(nn.Module):
 
         def conv(name, features, k, stride=1, dilation=1):
             pad = dilation * (k // 2)
+            impl = winograd.form(self.winograd[0], width, self.winograd[1]) if k == 3 else None
             return nn.Conv(features, (k, k), strides=stride, padding=((pad, pad), (pad, pad)),
                            kernel_dilation=dilation, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                           name=name)
+                           name=name, conv_general_dilated=impl)
 
         bn = lambda name: BatchNorm(self.batch_stats, name=name)  # noqa: E731
         out = nn.relu(bn("bn1")(conv("conv1", width, 1)(x)))
@@ -97,6 +101,7 @@ class ResNet(nn.Module):
     expansion: int = 4
     batch_stats: bool = False
     dtype: Any = jnp.float32
+    winograd: tuple[int, int] = (0, 0)  # (tile, min_channels) of the 3x3 convs (models.winograd.form)
 
     @nn.compact
     def __call__(self, x):
@@ -114,7 +119,7 @@ class ResNet(nn.Module):
                 x = Bottleneck(planes, stride if block == 0 else 1, previous_dilation if block == 0 else dilation,
                                block == 0 and (stride != 1 or inplanes != planes * self.expansion),
                                self.width_per_group, self.expansion, self.batch_stats, self.dtype,
-                               name=f"layer{index}_{block}")(x)
+                               self.winograd, name=f"layer{index}_{block}")(x)
                 inplanes = planes * self.expansion
             feats[f"layer{index}"] = x
         return {"layer3": feats["layer3"], "layer4": feats["layer4"]}
@@ -125,11 +130,13 @@ class FCNHead(nn.Module):
     dropout_rate: float
     batch_stats: bool
     dtype: Any
+    winograd: tuple[int, int] = (0, 0)  # (tile, min_channels) of the 3x3 conv (models.winograd.form)
 
     @nn.compact
     def __call__(self, x, train: bool):
         x = nn.Conv(x.shape[-1] // 4, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
-                    param_dtype=jnp.float32, name="conv")(x)
+                    param_dtype=jnp.float32, name="conv",
+                    conv_general_dilated=winograd.form(self.winograd[0], x.shape[-1], self.winograd[1]))(x)
         x = nn.relu(BatchNorm(self.batch_stats, name="bn")(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name="score")(x)
@@ -147,18 +154,22 @@ class ResNetFCN(nn.Module):
     dropout_rate: float = 0.1
     dtype: Any = jnp.float32
     heads: tuple[tuple[str, int], ...] = ()  # one head only (zoo.head_specs)
+    winograd_tile: int = 4  # 3x3 convs with >= winograd_min_channels inputs by F(tile x tile, 3x3); 0: none
+    winograd_min_channels: int = 128
 
     @nn.compact
     def __call__(self, images, train: bool = False):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"FCN expects images of shape (N, H, W, 3), got {images.shape}")
         batch_stats = train and self.batch_norm == "sync"
+        winograd_form = (self.winograd_tile, self.winograd_min_channels)
         feats = ResNet(tuple(self.layers), self.output_stride, self.width_per_group, self.expansion, batch_stats,
-                       self.dtype, name="backbone")(images)
+                       self.dtype, winograd_form, name="backbone")(images)
         size = images.shape[:3]
 
         def head(name, x):
-            logits = FCNHead(self.num_classes, self.dropout_rate, batch_stats, self.dtype, name=name)(x, train)
+            logits = FCNHead(self.num_classes, self.dropout_rate, batch_stats, self.dtype, winograd_form,
+                             name=name)(x, train)
             return jax.image.resize(logits.astype(jnp.float32), (*size, self.num_classes), "bilinear")
 
         if self.aux and (self.is_initializing() or self.is_mutable_collection("aux")):

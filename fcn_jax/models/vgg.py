@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fcn_jax.models import conv_forms, layers
+from fcn_jax.models import conv_forms, layers, winograd
 
 # VGG16 convolutions by block: (name, channels at width 1). Each block ends in a 2x2/2 max pool.
 BLOCKS = (
@@ -51,16 +51,19 @@ def conv(name: str, channels: int, kernel: int, padding: int, *, width: float, d
                    param_dtype=jnp.float32, name=name, conv_general_dilated=impl)
 
 
-def convs(x, *, width: float, padding: dict, dtype: Any = jnp.float32, tap_kernel_grads: bool = False) -> dict:
+def convs(x, *, width: float, padding: dict, dtype: Any = jnp.float32, tap_kernel_grads: bool = False,
+          winograd_tile: int = 0, winograd_min_channels: int = 128) -> dict:
     """conv1_1..conv5_3, each followed by ReLU, and the five max pools: {"pool1": ..., "pool5": ...}.
 
     padding: {layer: spatial padding} for the layers that do not pad 1 (0 for every layer: VALID convs).
     tap_kernel_grads: the kernel gradients as one matmul per tap (conv_forms.tap_conv): the same values, faster on
-    XLA:CPU."""
+    XLA:CPU. winograd_tile 2 or 4: the layers with >= winograd_min_channels inputs by Winograd F(tile x tile, 3x3)
+    (models.winograd; fp32 on the CPU), equal within its stated tolerance; 0: none."""
     feats = {}
     for block, block_layers in enumerate(BLOCKS, start=1):
         for name, channels in block_layers:
-            impl = conv_forms.tap_conv if tap_kernel_grads else None
+            impl = winograd.form(winograd_tile, x.shape[-1], winograd_min_channels,
+                                 fallback=conv_forms.tap_conv if tap_kernel_grads else None)
             x = layers.relu(conv(name, channels, 3, padding.get(name, 1), width=width, dtype=dtype, impl=impl)(x))
         x = feats[f"pool{block}"] = layers.max_pool_ceil(x)
     return feats
@@ -71,20 +74,23 @@ class VGG16(nn.Module):
 
     tap_kernel_grads: the 3x3 convolutions take their kernel gradient as one matmul per tap (conv_forms.tap_conv);
     fc6_im2col: fc6 runs as one im2col matmul (conv_forms.im2col_conv). Both compute the same values, faster on
-    XLA:CPU, and change nothing on other backends."""
+    XLA:CPU, and change nothing on other backends. winograd_tile, winograd_min_channels: see `convs`."""
     geometry: str = "caffe"
     width: float = 1.0
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
     tap_kernel_grads: bool = True
     fc6_im2col: bool = True
+    winograd_tile: int = 4
+    winograd_min_channels: int = 128
 
     @nn.compact
     def __call__(self, images, train: bool = False):
         check_geometry(self.geometry)
         pads = PADDING[self.geometry]
         feats = convs(images.astype(self.dtype), width=self.width, padding=pads, dtype=self.dtype,
-                      tap_kernel_grads=self.tap_kernel_grads)
+                      tap_kernel_grads=self.tap_kernel_grads, winograd_tile=self.winograd_tile,
+                      winograd_min_channels=self.winograd_min_channels)
         x = feats["pool5"]
         for name, k, p in (("fc6", 7, pads["fc6"]), ("fc7", 1, 0)):
             impl = conv_forms.tap_conv if self.tap_kernel_grads and k > 1 else None

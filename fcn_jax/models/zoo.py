@@ -14,27 +14,35 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcn_jax.models import crf as crf_layer
-from fcn_jax.models import fcn
+from fcn_jax.models import fcn, winograd
 from fcn_jax.models import resnet as resnet_fcn
 
 VARIANTS = fcn.VARIANTS + tuple(resnet_fcn.DEPTHS)  # the backbone is part of the variant: VGG16 or a dilated ResNet
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The settings that define a network (config.model's names); stored with weights, read back by inference.
-MODEL_SETTINGS = ("variant", "num_classes", "geometry", "width", "dropout_rate", "dtype", "heads", "resnet", "crf")
+MODEL_SETTINGS = ("variant", "num_classes", "geometry", "width", "dropout_rate", "dtype", "heads", "resnet", "crf",
+                  "winograd_tile", "winograd_min_channels")
 
 
 def create_model(variant: str, *, num_classes: int = 21, geometry: str = "caffe", width: float = 1.0,
                  dropout_rate: float | None = None, dtype: str = "float32", heads=(), resnet: Mapping | None = None,
-                 crf: Mapping | None = None, normalization: str = "caffe_bgr", **fields) -> nn.Module:
+                 crf: Mapping | None = None, normalization: str = "caffe_bgr", winograd_tile: int = 4,
+                 winograd_min_channels: int = 128, **fields) -> nn.Module:
     """The FCN of a variant; a bad value raises a ValueError naming it.
 
     dropout_rate None: the variant's own (0.5 VGG16, 0.1 ResNet). resnet: the ResNet variants' options (output_stride,
     aux, batch_norm, layers: () = the depth's, width_per_group, expansion), which take no VGG geometry or width.
     crf: config.model.crf; when `enabled`, the FCN is followed by a trainable dense CRF (models.crf.WithCRF) that
     reads colours from the input undoing `normalization`.
+    winograd_tile 2 | 4: the 3x3 convolutions with >= winograd_min_channels inputs by Winograd F(tile x tile, 3x3)
+    (models.winograd: fp32 on the CPU backend, equal to the direct convolution within its stated tolerance); 0: none.
     fields: other module fields (the VGG16 FCNs' tap_kernel_grads, fc6_im2col)."""
+    if winograd_tile not in winograd.TILES or int(winograd_min_channels) < 1:
+        raise ValueError(f"winograd_tile {winograd_tile!r} / winograd_min_channels {winograd_min_channels!r}: expected "
+                         f"a tile in {winograd.TILES} (0: no Winograd) and a channel count >= 1")
     model = _create_fcn(variant, num_classes=num_classes, geometry=geometry, width=width, dropout_rate=dropout_rate,
-                        dtype=dtype, heads=heads, resnet=resnet, **fields)
+                        dtype=dtype, heads=heads, resnet=resnet, winograd_tile=int(winograd_tile),
+                        winograd_min_channels=int(winograd_min_channels), **fields)
     if crf and crf.get("enabled"):
         return crf_layer.WithCRF(base=model, settings=crf_layer.CRFSettings.from_mapping(crf),
                                  normalization=normalization, num_classes=model.num_classes, heads=model.heads)

@@ -2,6 +2,5 @@
 
 step (TrainState, the reference optimiser, the pure train_step), loop (the loop every training runs: resume,
 compile once, log, evaluate, checkpoint), job (the FCN job and train_and_evaluate), config_checks, config_flags
-(absl flags parsed to one-line errors), validation (the eval split during training), xla_options (XLA:CPU's
-memory-optimised scheduler for the step).
+(absl flags parsed to one-line errors), validation (the eval split during training).
 """

@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterator
 
 import jax
 
-from fcn_jax.core import parallel
+from fcn_jax.core import parallel, xla_options
 from fcn_jax.models import zoo
-from fcn_jax.train import preemption, xla_options
+from fcn_jax.train import preemption
 from fcn_jax.weights import artifacts, checkpoints, workdir_lock
 
 

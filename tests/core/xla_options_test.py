@@ -1,4 +1,4 @@
-"""train/xla_options.py: the memory-optimised XLA:CPU scheduler for the training step changes where memory goes, not
+"""core/xla_options.py: the memory-optimised XLA:CPU scheduler for the training step changes where memory goes, not
 values."""
 import functools
 
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from experiments import base
+from fcn_jax.core import xla_options
 from fcn_jax.models import zoo
-from fcn_jax.train import step, xla_options
+from fcn_jax.train import step
 
 needs_the_option = pytest.mark.skipif(
     not xla_options._accepted("cpu", tuple(sorted(xla_options.CPU_TRAINING_OPTIONS.items()))),

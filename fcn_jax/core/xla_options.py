@@ -1,11 +1,13 @@
-"""XLA compile options for the training step: on XLA:CPU, the memory-optimised instruction scheduler.
+"""XLA compile options for the training step and inference: on XLA:CPU, the memory-optimised instruction scheduler.
 
 XLA:CPU's default scheduler (concurrency-optimised) starts independent work as early as it can. In the VGG16
 training step that is the padded copies of the conv inputs for the per-tap kernel gradients
 (models.conv_forms.tap_conv): scheduled during the forward, they sit beside every other residual at the backward's
 peak. The memory-optimised scheduler computes them where the backward needs them. The step's values are the same bit
 for bit; its peak host memory fell in every case measured (VGG16 and ResNet FCNs), VGG16's step time too, a ResNet's
-stayed level; inference did not change, so it keeps the default (docs/benchmarks.md).
+stayed level. Inference: the Winograd convolutions' (models.winograd) transformed tiles and filters, started early
+by the default scheduler, held several times the direct forward's temp memory at once; the memory-optimised
+scheduler brings it back below torch's peak (docs/benchmarks.md).
 `XLA_FLAGS=--xla_cpu_scheduler_type=...` overrides it.
 """
 import functools
@@ -41,3 +43,8 @@ def training(platform: str | None = None) -> dict:
     if platform != "cpu" or SCHEDULER_OPTION in os.environ.get("XLA_FLAGS", ""):
         return {}
     return dict(CPU_TRAINING_OPTIONS) if _accepted(platform, tuple(sorted(CPU_TRAINING_OPTIONS.items()))) else {}
+
+
+def inference(platform: str | None = None) -> dict:
+    """Compiler options for jax.jit of a forward (predict, evaluate, validation): the training step's."""
+    return training(platform)
