@@ -32,6 +32,7 @@ from fcn_jax.core.normalization import normalize
 from fcn_jax.data import dataset_info
 from fcn_jax.infer.network import Network
 from fcn_jax.infer.steps import head_masks
+from fcn_jax.models import zoo
 
 JAX_FILE, PARAMS_FILE, SAVED_MODEL_DIR, ONNX_FILE = "model.jax_export", "params.npz", "saved_model", "model.onnx"
 SCRIPT_FILE, META_FILE = "segment.py", "export.json"
@@ -44,9 +45,10 @@ DEFAULT_FORMATS = ("stablehlo", "saved_model")
 def serving_function(network: Network):
     """(segment(flat_params, images) -> (logits, masks), the flat params as host arrays): predict's whole-image
     path (core.normalization.normalize, the model, infer.steps.head_masks) as one traceable function of plain
-    arrays."""
+    arrays; its convolutions direct (zoo.direct_convolutions)."""
     leaves, treedef = jax.tree.flatten(jax.device_get(network.params))
-    normalization, heads, model = network.settings["normalization"], network.heads, network.model
+    normalization, heads = network.settings["normalization"], network.heads
+    model = zoo.direct_convolutions(network.model)
 
     def segment(flat_params, images):
         params = jax.tree.unflatten(treedef, flat_params)

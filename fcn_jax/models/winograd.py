@@ -97,8 +97,6 @@ def winograd_conv(x, kernel, padding, m: int = 4):
     band = -(-tiles_h // bands)  # tile rows a band: equal bands, at most bands - 1 rows of padding
     x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, m * bands * band + 2 - height - top, 0),
                                             (left, m * tiles_w + 2 - width - left, 0), (0, 0, 0)))
-    # The filter transform waits for x: without the barrier XLA computes every layer's ahead, all alive at once.
-    x, kernel = lax.optimization_barrier((x, kernel))
     u = filter_transform(kernel, m)                                                     # (n^2, C_in, C_out)
 
     def tile_rows(x, rows):  # x: (N, m * rows + 2, m * tiles_w + 2, C_in) -> (N, m * rows, m * tiles_w, C_out)

@@ -70,6 +70,14 @@ def _create_fcn(variant, *, num_classes, geometry, width, dropout_rate, dtype, h
     return fcn.MODELS[variant](geometry=geometry, width=width, **kwargs)
 
 
+def direct_convolutions(model: nn.Module) -> nn.Module:
+    """The model with no Winograd convolutions (same params, same outputs within winograd's tolerance): what an
+    exported artifact holds, since the runtime that loads it picks its own convolution algorithms."""
+    if isinstance(model, crf_layer.WithCRF):
+        return model.clone(base=direct_convolutions(model.base))
+    return model.clone(winograd_tile=0)
+
+
 def from_settings(settings: Mapping, normalization: str | None = None) -> nn.Module:
     """create_model from a dict of MODEL_SETTINGS (config.model, or the settings stored with weights, which hold the
     normalization too); other keys are ignored."""

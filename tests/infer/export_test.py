@@ -163,7 +163,8 @@ def test_export_without_the_onnx_package_is_one_line_naming_the_extra(exported, 
 
 
 def test_fixed_sizes_and_several_heads(tmp_path):
-    model = zoo.create_model("fcn16s", num_classes=0, width=1 / 32, geometry="same", heads=(("sem", 5), ("geo", 3)))
+    model = zoo.create_model("fcn16s", num_classes=0, width=1 / 32, geometry="same", heads=(("sem", 5), ("geo", 3)),
+                             winograd_min_channels=1)
     params = zoo.param_template(model, jax.random.PRNGKey(1))
     params = jax.tree.map(lambda x: x + np.random.default_rng(2).normal(size=x.shape).astype(np.float32) * 0.1, params)
     mesh = parallel.create_mesh()
@@ -175,12 +176,20 @@ def test_fixed_sizes_and_several_heads(tmp_path):
     reloaded = jax_export.deserialize(bytearray(fixed.serialize()))
     images = np.random.default_rng(3).integers(0, 256, (2, 24, 40, 3), dtype=np.uint8)
     logits, masks = reloaded.call(flat, images)
-    expected = model.apply({"params": params}, normalization.normalize(images, "imagenet_rgb"))
+    expected = zoo.direct_convolutions(model).apply({"params": params}, normalization.normalize(images, "imagenet_rgb"))
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(masks, steps.head_masks(np.asarray(expected), network.heads))
     assert masks.shape == (2, 24, 40, 2)
     with pytest.raises(ValueError, match="shape"):
         reloaded.call(flat, images[:1])
+
+    # the artifact holds direct convolutions, though this model takes Winograd's at fixed sizes on the CPU
+    def convolutions(module):
+        apply = lambda p, x: module.apply({"params": p}, normalization.normalize(x, "imagenet_rgb"))  # noqa: E731
+        return str(jax.make_jaxpr(apply)(params, images)).count("conv_general_dilated")
+
+    exported_convolutions = str(jax.make_jaxpr(segment)(flat, images)).count("conv_general_dilated")
+    assert exported_convolutions == convolutions(zoo.direct_convolutions(model)) > convolutions(model)
 
 
 def test_segment_py_fits_fixed_batches_and_refuses_other_sizes_in_one_line(tmp_path, capsys):

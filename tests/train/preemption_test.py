@@ -14,7 +14,12 @@ from fcn_jax.weights import artifacts, checkpoints
 
 
 def _signal_self(signum=signal.SIGTERM):
-    os.kill(os.getpid(), signum)
+    """From the main thread: handled before this returns (os.kill may land on another thread, handled a moment
+    later). From another thread: as from outside the process."""
+    if threading.current_thread() is threading.main_thread():
+        signal.raise_signal(signum)
+    else:
+        os.kill(os.getpid(), signum)
 
 
 def _rows(workdir):
@@ -26,16 +31,20 @@ def _params(workdir):
 
 
 def test_the_watcher_notes_the_first_signal_restores_the_handlers_and_passes_an_unanswered_signal_on():
-    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with preemption.Watcher(multi_process=False) as watcher:
-        assert not watcher.should_stop(1)
-        _signal_self(signal.SIGINT)
-        _signal_self(signal.SIGTERM)  # a second signal changes nothing
-        assert watcher.signal_name == "SIGINT" and watcher.should_stop(2)  # answered: not passed on
-    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
-    with pytest.raises(KeyboardInterrupt):  # never asked about: SIGINT's own handler, once the watcher is gone
-        with preemption.Watcher(multi_process=False):
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
+    try:
+        before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        with preemption.Watcher(multi_process=False) as watcher:
+            assert not watcher.should_stop(1)
             _signal_self(signal.SIGINT)
+            _signal_self(signal.SIGTERM)  # a second signal changes nothing
+            assert watcher.signal_name == "SIGINT" and watcher.should_stop(2)  # answered: not passed on
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+        with pytest.raises(KeyboardInterrupt):  # never asked about: SIGINT's own handler, once the watcher is gone
+            with preemption.Watcher(multi_process=False):
+                _signal_self(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_a_signal_aborts_an_interruptible_phase_at_once_and_only_that():
