@@ -32,7 +32,7 @@ from fcn_jax.core.normalization import normalize
 from fcn_jax.data import dataset_info
 from fcn_jax.infer.network import Network
 from fcn_jax.infer.steps import head_masks
-from fcn_jax.models import zoo
+from fcn_jax.models import crf, zoo
 
 JAX_FILE, PARAMS_FILE, SAVED_MODEL_DIR, ONNX_FILE = "model.jax_export", "params.npz", "saved_model", "model.onnx"
 SCRIPT_FILE, META_FILE = "segment.py", "export.json"
@@ -124,6 +124,13 @@ def write_artifacts(network, heads, output: str, *, batch=None, size=None, forma
         raise FileExistsError(f"--output {output} exists and is not an earlier export; give a new folder")
     if os.path.commonpath([os.path.realpath(os.getcwd()), os.path.realpath(output)]) == os.path.realpath(output):
         raise ValueError(f"--output {output} holds the current folder; export from outside it")
+    if isinstance(network.model, crf.WithCRF):  # its lattice is built for one image size, in NumPy, at trace time
+        if size is None:
+            raise ValueError("a model with a dense CRF layer (config.model.crf) exports at one image size only: "
+                             "give --size H W")
+        if "onnx" in formats:
+            raise ValueError("the dense CRF layer (config.model.crf) has no ONNX lowering (its lattice's scatter-add): "
+                             "export it with --formats stablehlo saved_model")
     if "saved_model" in formats:  # what a format needs, before minutes of exporting the others
         import tensorflow  # noqa: F401
     if "onnx" in formats:

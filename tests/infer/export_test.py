@@ -192,6 +192,17 @@ def test_fixed_sizes_and_several_heads(tmp_path):
     assert exported_convolutions == convolutions(zoo.direct_convolutions(model)) > convolutions(model)
 
 
+def test_a_crf_model_is_refused_in_one_line_at_symbolic_sizes_and_in_onnx_before_any_work(tmp_path):
+    model = zoo.create_model("fcn32s", num_classes=3, width=1 / 32, geometry="same", crf={"enabled": True})
+    network = infer_network.Network(model, zoo.param_template(model), {"normalization": "caffe_bgr"},
+                                    parallel.create_mesh())
+    with pytest.raises(ValueError, match="exports at one image size only: give --size H W"):
+        infer_export.write_artifacts(network, None, str(tmp_path / "symbolic"), formats=("stablehlo",))
+    with pytest.raises(ValueError, match="no ONNX lowering"):
+        infer_export.write_artifacts(network, None, str(tmp_path / "onnx"), size=(24, 32), formats=("onnx",))
+    assert not os.listdir(tmp_path)
+
+
 def test_segment_py_fits_fixed_batches_and_refuses_other_sizes_in_one_line(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("segment_exported", infer_export.SCRIPT_SOURCE)
     script = importlib.util.module_from_spec(spec)
