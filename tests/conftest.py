@@ -11,8 +11,8 @@ import shutil
 import sys
 import tempfile
 
-# LLVM at -O0: the suite compiles far more than it computes (small shapes), and this halves compile times; HLO
-# passes are unchanged and every comparison holds its stated tolerance.
+# LLVM at -O0: the suite compiles far more than it computes (small shapes), so compile time is most of its time;
+# HLO passes are unchanged and every comparison holds its stated tolerance.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
